@@ -1,0 +1,80 @@
+"""What each supported dataset is: classes, raw label values, modalities, crop size.
+
+REFERENCE.md section 5 pins these. Everything that needs a label value or a modality name
+reads it from a `DatasetSpec` here rather than repeating the numbers.
+"""
+import dataclasses
+from typing import Dict, FrozenSet, Tuple
+
+from csa_tf.errors import CsaInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """A dataset's label and modality conventions.
+
+  Attributes:
+    name: "mscmr" or "mmwhs".
+    class_names: class names in class-index order, background first.
+    label_values: the raw label value of each foreground class, in class order
+      (class index i + 1 has raw value label_values[i]).
+    known_raw_values: every value a released label volume may hold; values outside this
+      set are an error. Raw values that are known but not a paper class map to background.
+    raw_value_aliases: raw values read as another raw value (MM-WHS' stray 421 is 420).
+    modalities: modality keys, in the order used everywhere.
+    default_crop_size: the paper's in-plane crop (pixels).
+  """
+  name: str
+  class_names: Tuple[str, ...]
+  label_values: Tuple[int, ...]
+  known_raw_values: FrozenSet[int]
+  raw_value_aliases: Dict[int, int]
+  modalities: Tuple[str, ...]
+  default_crop_size: int
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def foreground_names(self) -> Tuple[str, ...]:
+    return self.class_names[1:]
+
+
+MSCMR = DatasetSpec(
+    name="mscmr",
+    class_names=("background", "LV", "myo", "RV"),
+    label_values=(500, 200, 600),
+    known_raw_values=frozenset({0, 200, 500, 600}),
+    raw_value_aliases={},
+    modalities=("lge", "bssfp", "t2"),
+    default_crop_size=224,
+)
+
+MMWHS = DatasetSpec(
+    name="mmwhs",
+    class_names=("background", "LVM", "LAC", "LVC", "AA"),
+    label_values=(205, 420, 500, 820),
+    known_raw_values=frozenset({0, 205, 420, 421, 500, 550, 600, 820, 850}),
+    raw_value_aliases={421: 420},
+    modalities=("ct", "mr"),
+    default_crop_size=256,
+)
+
+# MS-CMRSeg's file-name tag of each modality (C0 is the bSSFP cine sequence).
+MSCMR_SEQUENCE_TAGS = {"lge": "LGE", "bssfp": "C0", "t2": "T2"}
+
+_SPECS = {spec.name: spec for spec in (MSCMR, MMWHS)}
+
+
+def get_spec(name: str) -> DatasetSpec:
+  """Returns the spec of dataset `name`.
+
+  Raises:
+    CsaInputError: `name` is not a supported dataset.
+  """
+  try:
+    return _SPECS[name]
+  except KeyError:
+    raise CsaInputError(
+        f"unknown dataset {name!r}; expected one of {sorted(_SPECS)}") from None

@@ -1,0 +1,32 @@
+"""Installs csa_tf: class-specific affinity guided multimodal unpaired segmentation."""
+import setuptools
+
+setuptools.setup(
+    name="csa_tf",
+    version="0.1.0",
+    description=("Class-specific affinity (CSA) guided multimodal unpaired segmentation "
+                 "(Chen et al., MICCAI 2020) in TensorFlow 2 / Keras 3."),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["csa_tf", "csa_tf.*", "data_prep",
+                                               "data_prep.*", "experiments",
+                                               "experiments.*", "benchmarks",
+                                               "benchmarks.*"]),
+    package_data={"experiments": ["*.flags"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow==2.21.0",
+        "numpy",
+        "nibabel",
+        "scipy",
+        # Pinned: its ASSD definition changed across versions (REFERENCE.md section 6).
+        "medpy==0.5.2",
+        "absl-py",
+        # PNG figures and TensorBoard image summaries (csa_tf.visualize); writing PNGs by
+        # hand would be more code than the dependency.
+        "matplotlib",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-xdist", "hypothesis"],
+    },
+)
