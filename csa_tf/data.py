@@ -1,0 +1,122 @@
+"""The unpaired input pipeline: one infinite, shuffled, seeded batch stream per modality.
+
+Each modality's stream is a pure function of (seed, step): batch `step` takes positions
+[step*B, (step+1)*B) of an endless sequence of per-epoch permutations drawn with
+stateless random ops. So the streams are reproducible, independent across modalities (the
+data are unpaired: LGE batch k and bSSFP batch k come from unrelated permutations), and a
+resumed run continues exactly where it stopped by starting at its checkpoint's step, with
+no iterator state to save. Everything runs in TensorFlow ops (no Python in the hot path).
+"""
+from typing import Dict, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from csa_tf.errors import CsaInputError
+from csa_tf.prepared import PreparedDataset
+
+# A large odd constant that separates the modalities' random streams.
+_MODALITY_SEED_STRIDE = 7919
+
+
+def modality_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
+                     seed: int, start_step: int = 0,
+                     augment: bool = False) -> tf.data.Dataset:
+  """An endless stream of shuffled batches of one modality.
+
+  Args:
+    images: slices [N, H, W] float32.
+    labels: class indices [N, H, W] (any integer dtype).
+    batch_size: slices per batch.
+    seed: the stream's seed; equal seeds give equal streams.
+    start_step: the first batch's index (a resumed run passes its step).
+    augment: random flips and intensity jitter (not in the paper; off by default).
+
+  Returns:
+    A dataset of (images [B, H, W, 1] float32, labels [B, H, W] int32).
+
+  Raises:
+    CsaInputError: no slices, or images and labels of different shapes.
+  """
+  if images.shape != labels.shape or images.ndim != 3:
+    raise CsaInputError(f"images {images.shape} and labels {labels.shape} must both be "
+                        "[N, H, W]")
+  num_slices = int(images.shape[0])
+  if num_slices == 0:
+    raise CsaInputError("no training slices")
+  if batch_size < 1:
+    raise CsaInputError(f"--batch_size={batch_size}: must be at least 1")
+  # Variables are captured by reference, so large datasets do not end up as constants
+  # in the tf.data graph (which has a 2 GB limit).
+  with tf.device("/cpu:0"):
+    image_store = tf.Variable(images[..., None].astype(np.float32), trainable=False)
+    label_store = tf.Variable(labels.astype(np.uint8), trainable=False)
+  epochs_spanned = batch_size // num_slices + 2
+  seed = tf.constant(seed, tf.int64)
+
+  def batch_at(step):
+    positions = step * batch_size + tf.range(batch_size, dtype=tf.int64)
+    first_epoch = (step * batch_size) // num_slices
+    epochs = first_epoch + tf.range(epochs_spanned, dtype=tf.int64)
+    keys = tf.map_fn(
+        lambda epoch: tf.random.stateless_uniform([num_slices], seed=tf.stack([seed, epoch])),
+        epochs, fn_output_signature=tf.float32)
+    permutations = tf.argsort(keys, axis=1)
+    index = tf.gather_nd(permutations, tf.stack(
+        [positions // num_slices - first_epoch, positions % num_slices], axis=1))
+    batch_images = tf.gather(image_store, index)
+    batch_labels = tf.cast(tf.gather(label_store, index), tf.int32)
+    if augment:
+      batch_images, batch_labels = _augment(batch_images, batch_labels,
+                                            tf.stack([seed + 1, step]))
+    return batch_images, batch_labels
+
+  return (tf.data.Dataset.counter(start=start_step, dtype=tf.int64)
+          .map(batch_at, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .prefetch(tf.data.AUTOTUNE))
+
+
+def _augment(images, labels, seed):
+  """Per-batch random left-right / up-down flips and intensity scale/shift."""
+  flips = tf.random.stateless_uniform([2], seed=seed) < 0.5
+  images = tf.where(flips[0], tf.reverse(images, axis=[2]), images)
+  labels = tf.where(flips[0], tf.reverse(labels, axis=[2]), labels)
+  images = tf.where(flips[1], tf.reverse(images, axis=[1]), images)
+  labels = tf.where(flips[1], tf.reverse(labels, axis=[1]), labels)
+  scale_shift = tf.random.stateless_uniform([2], seed=seed + 1, minval=-0.1, maxval=0.1)
+  images = images * (1.0 + scale_shift[0]) + scale_shift[1]
+  return images, labels
+
+
+def unpaired_batches(prepared: PreparedDataset, modalities: Sequence[str], *,
+                     batch_size: int, seed: int, start_step: int = 0,
+                     augment: bool = False,
+                     labelled_only: bool = True) -> tf.data.Dataset:
+  """Zipped independent streams of the train split: {modality: (images, labels)}.
+
+  Args:
+    prepared: the opened PREP folder.
+    modalities: modality keys, one stream each.
+    batch_size: slices per modality per step (the paper: 8 of each).
+    seed: base seed; each modality's stream gets its own seed derived from it.
+    start_step: the first step's index (resume).
+    augment: see `modality_batches`.
+    labelled_only: train on slices with some foreground only.
+
+  Returns:
+    A dataset whose elements are dicts modality -> (images [B, H, W, 1] float32,
+    labels [B, H, W] int32).
+  """
+  streams = {}
+  for index, modality in enumerate(modalities):
+    images, labels = prepared.train_slices(modality, labelled_only=labelled_only)
+    streams[modality] = modality_batches(
+        images, labels, batch_size=batch_size,
+        seed=seed + _MODALITY_SEED_STRIDE * (index + 1), start_step=start_step,
+        augment=augment)
+  return tf.data.Dataset.zip(streams)
+
+
+def element_spec_shapes(dataset: tf.data.Dataset) -> Dict[str, Tuple]:
+  """{modality: (image shape, label shape)} of a dataset from `unpaired_batches`."""
+  return {m: (spec[0].shape, spec[1].shape) for m, spec in dataset.element_spec.items()}

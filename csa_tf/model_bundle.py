@@ -1,0 +1,95 @@
+"""The network(s) of one training setting, built and checkpointed the same way everywhere.
+
+"Single" holds one CsaNet per modality; every other setting holds one CsaNet shared by all
+modalities (with modality-specific BN, or one shared BN set for "Joint"). Training,
+evaluation, prediction, figures and export all build the networks through `ModelBundle`.
+"""
+import os
+from typing import Dict, List, Optional
+
+import tensorflow as tf
+
+from csa_tf.config import TrainConfig
+from csa_tf.errors import CsaInputError
+from csa_tf.model.csa_net import CsaNet
+
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+class ModelBundle:
+  """The networks of a run, keyed by modality.
+
+  Attributes:
+    networks: modality -> CsaNet (the same object for every modality unless "single").
+  """
+
+  def __init__(self, config: TrainConfig):
+    self.config = config
+    spec = config.method_spec
+    kwargs = dict(feature_base=config.feature_base, in_channels=config.in_channels,
+                  dropout_rate=config.dropout_rate)
+    if spec.separate_networks:
+      self.networks: Dict[str, CsaNet] = {
+          m: CsaNet(config.num_classes, [m], name=f"csa_net_{m}", **kwargs)
+          for m in config.modalities}
+    else:
+      net = CsaNet(config.num_classes, list(config.modalities), shared_bn=spec.shared_bn,
+                   **kwargs)
+      self.networks = {m: net for m in config.modalities}
+    self._built = False
+
+  @property
+  def unique_networks(self) -> List[CsaNet]:
+    seen, out = set(), []
+    for net in self.networks.values():
+      if id(net) not in seen:
+        seen.add(id(net))
+        out.append(net)
+    return out
+
+  def build(self) -> "ModelBundle":
+    """Creates every variable (each modality's BN included) with one tiny forward pass."""
+    if not self._built:
+      size = self.config.crop_size
+      dummy = tf.zeros([1, size, size, self.config.in_channels])
+      for modality, net in self.networks.items():
+        net(dummy, modality=modality, training=False)
+      self._built = True
+    return self
+
+  @property
+  def trainable_variables(self) -> List[tf.Variable]:
+    return [v for net in self.unique_networks for v in net.trainable_variables]
+
+  @property
+  def conv_kernels(self) -> List[tf.Variable]:
+    return [k for net in self.unique_networks for k in net.conv_kernels]
+
+  def checkpoint_items(self) -> Dict[str, tf.Module]:
+    """Named objects for tf.train.Checkpoint (direct attributes, see REFERENCE.md §7)."""
+    if self.config.method_spec.separate_networks:
+      return {f"net_{m}": net for m, net in self.networks.items()}
+    return {"net": self.unique_networks[0]}
+
+  def logits(self, images: tf.Tensor, modality: str, *, training: bool = False):
+    """Logits [B, H, W, C] of images [B, H, W, in_channels] through modality's BN."""
+    return self.networks[modality](images, modality=modality, training=training)
+
+  def restore(self, model_dir: str, *, checkpoint_path: Optional[str] = None) -> str:
+    """Restores the latest (or a given) checkpoint's network weights; returns its path.
+
+    Raises:
+      CsaInputError: model_dir holds no checkpoint, or its variables do not fit.
+    """
+    self.build()
+    path = checkpoint_path or tf.train.latest_checkpoint(
+        os.path.join(model_dir, CHECKPOINT_SUBDIR))
+    if not path:
+      raise CsaInputError(f"{model_dir}: no checkpoint found under {CHECKPOINT_SUBDIR}/")
+    checkpoint = tf.train.Checkpoint(**self.checkpoint_items())
+    try:
+      checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+      raise CsaInputError(f"{path}: checkpoint does not match this run's networks "
+                          f"({str(error).splitlines()[0]})") from None
+    return path

@@ -1,0 +1,133 @@
+"""Reading and writing NIfTI volumes with checks that turn bad files into one clear line.
+
+Every command that reads a user's NIfTI goes through `read_volume`, so a truncated
+.nii.gz, a file that is not NIfTI, a 4D image or NaN voxels all produce the same kind of
+`CsaInputError` naming the file and the problem.
+"""
+import dataclasses
+import gzip
+import os
+import tempfile
+import zlib
+from typing import Optional, Tuple
+
+import nibabel as nib
+import numpy as np
+
+from csa_tf.errors import CsaInputError
+
+
+@dataclasses.dataclass
+class Volume:
+  """A 3D NIfTI volume as read from disk.
+
+  Attributes:
+    data: the voxel array [X, Y, Z] (float32 for images, int32 for labels).
+    affine: the 4x4 voxel-to-world (RAS mm) matrix.
+    spacing: voxel size in mm per array axis, from the header zooms.
+    header: the NIfTI header, kept so that predictions can be written with it.
+    path: where the volume was read from.
+  """
+  data: np.ndarray
+  affine: np.ndarray
+  spacing: Tuple[float, float, float]
+  header: nib.Nifti1Header
+  path: str
+
+
+def read_volume(path: str, *, kind: str = "image") -> Volume:
+  """Reads a 3D NIfTI volume and validates it.
+
+  Args:
+    path: a .nii or .nii.gz file.
+    kind: "image" (returned as float32, must be finite) or "label" (returned as int32,
+      must hold whole numbers).
+
+  Returns:
+    The volume. A 4D volume whose 4th axis has length 1 is squeezed to 3D.
+
+  Raises:
+    CsaInputError: the file is missing, unreadable, truncated, not NIfTI, not 3D, has
+      non-finite voxels (images) or non-integer values (labels).
+  """
+  if kind not in ("image", "label"):
+    raise ValueError(f"kind must be 'image' or 'label', got {kind!r}")
+  if not os.path.isfile(path):
+    raise CsaInputError(f"{path}: file not found")
+  try:
+    img = nib.load(path)
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+      raise CsaInputError(f"{path}: not a NIfTI file ({type(img).__name__})")
+    raw = np.asanyarray(img.dataobj)
+  except CsaInputError:
+    raise
+  except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+    raise CsaInputError(f"{path}: truncated or corrupt gzip data ({error})") from None
+  except nib.filebasedimages.ImageFileError as error:
+    raise CsaInputError(f"{path}: not a NIfTI file ({_first_line(error)})") from None
+  except (OSError, ValueError) as error:
+    raise CsaInputError(f"{path}: cannot read NIfTI data ({_first_line(error)})") from None
+  if raw.ndim == 4 and raw.shape[3] == 1:
+    raw = raw[..., 0]
+  if raw.ndim != 3:
+    raise CsaInputError(f"{path}: expected a 3D volume, got shape {tuple(raw.shape)}")
+  if min(raw.shape) < 1:
+    raise CsaInputError(f"{path}: empty volume of shape {tuple(raw.shape)}")
+  zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+  if not all(np.isfinite(zooms)) or min(zooms) <= 0:
+    raise CsaInputError(f"{path}: invalid voxel spacing {zooms} in the header")
+  affine = np.asarray(img.affine, dtype=np.float64)
+  if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+    raise CsaInputError(f"{path}: invalid (singular or non-finite) affine in the header")
+  if kind == "image":
+    data = np.asarray(raw, dtype=np.float32)
+    bad = ~np.isfinite(data)
+    if bad.any():
+      raise CsaInputError(
+          f"{path}: {int(bad.sum())} non-finite (NaN/Inf) voxels in the image")
+  else:
+    as_float = np.asarray(raw, dtype=np.float64)
+    if not np.all(np.isfinite(as_float)) or np.any(as_float != np.round(as_float)):
+      raise CsaInputError(f"{path}: label volume holds non-integer or non-finite values")
+    data = as_float.astype(np.int32)
+  return Volume(data=data, affine=affine, spacing=zooms, header=img.header.copy(),
+                path=path)
+
+
+def write_label_volume(path: str, labels: np.ndarray, *, affine: np.ndarray,
+                       header: Optional[nib.Nifti1Header] = None) -> None:
+  """Writes an integer label volume atomically (temporary file, then rename).
+
+  The header, when given, is copied so that the output carries the input's geometry;
+  its data type is set to int16 (label values up to 850 fit).
+  """
+  out_header = header.copy() if header is not None else None
+  img = nib.Nifti1Image(np.asarray(labels, dtype=np.int16), affine, header=out_header)
+  img.set_data_dtype(np.int16)
+  # Keep the input's scaling from rescaling our integer labels.
+  img.header.set_slope_inter(1.0, 0.0)
+  write_atomically(path, lambda tmp: nib.save(img, tmp))
+
+
+def write_atomically(path: str, write_fn) -> None:
+  """Calls write_fn(tmp_path) and renames tmp_path to path; removes tmp on failure.
+
+  The temporary name keeps `path`'s extension so that writers that look at it
+  (nibabel's .nii.gz, numpy's .npz) behave as for the final name.
+  """
+  directory = os.path.dirname(os.path.abspath(path)) or "."
+  base = os.path.basename(path)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + base, dir=directory)
+  os.close(fd)
+  try:
+    write_fn(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return text[0] if text else type(error).__name__

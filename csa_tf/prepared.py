@@ -1,0 +1,250 @@
+"""The prepared-data folder (PREP) that training, evaluation and figures read.
+
+Layout:
+  PREP/prep_meta.json               format, version, dataset, classes, modalities, crop,
+                                    settings and the list of volumes
+  PREP/splits.json                  {"train": [patient ids], "test": [patient ids]}
+  PREP/summary.txt                  counts per modality and split, for people
+  PREP/volumes/<modality>/<patient_id>.npz   one volume (see `PreparedVolume`)
+
+Each .npz is read with allow_pickle=False; strings are stored as 0-d unicode arrays.
+"""
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from csa_tf import datasets
+from csa_tf.errors import CsaInputError
+from csa_tf.slicing import VolumeGeometry
+
+FORMAT_NAME = "csa_tf.prepared"
+FORMAT_VERSION = 1
+META_FILE = "prep_meta.json"
+SPLITS_FILE = "splits.json"
+SUMMARY_FILE = "summary.txt"
+
+
+@dataclasses.dataclass
+class PreparedVolume:
+  """One prepared volume.
+
+  Attributes:
+    patient_id: e.g. "patient12" (MS-CMRSeg) or "ct_train_1003" (MM-WHS).
+    modality: a modality key, e.g. "lge".
+    image: z-scored cropped slices [S, crop, crop] float32.
+    label: class indices [S, crop, crop] uint8.
+    geometry: how to paste slices back into the original grid.
+    spacing: the original voxel size in mm per original array axis.
+    affine: the original 4x4 voxel-to-world matrix.
+    source: the original image file name (no folder).
+  """
+  patient_id: str
+  modality: str
+  image: np.ndarray
+  label: np.ndarray
+  geometry: VolumeGeometry
+  spacing: Tuple[float, float, float]
+  affine: np.ndarray
+  source: str = ""
+
+  @property
+  def original_label(self) -> np.ndarray:
+    """The class-index label pasted back onto the original grid (outside crop = 0)."""
+    return self.geometry.from_slices(self.label)
+
+
+def volume_filename(modality: str, patient_id: str) -> str:
+  return os.path.join("volumes", modality, f"{patient_id}.npz")
+
+
+def save_volume(path: str, volume: PreparedVolume) -> None:
+  """Writes one volume as .npz (plain arrays only, so it loads without pickle)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  np.savez(
+      path,
+      patient_id=np.array(volume.patient_id),
+      modality=np.array(volume.modality),
+      image=volume.image.astype(np.float32),
+      label=volume.label.astype(np.uint8),
+      original_shape=np.array(volume.geometry.original_shape, dtype=np.int64),
+      ornt=np.asarray(volume.geometry.ornt, dtype=np.float64),
+      crop_origin=np.array(volume.geometry.crop_origin, dtype=np.int64),
+      crop_size=np.array(volume.geometry.crop_size, dtype=np.int64),
+      spacing=np.array(volume.spacing, dtype=np.float64),
+      affine=np.asarray(volume.affine, dtype=np.float64),
+      source=np.array(volume.source),
+  )
+
+
+def load_volume(path: str) -> PreparedVolume:
+  """Reads one prepared volume.
+
+  Raises:
+    CsaInputError: the file is missing or is not a prepared volume.
+  """
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      arrays = {key: npz[key] for key in npz.files}
+  except FileNotFoundError:
+    raise CsaInputError(f"{path}: prepared volume not found") from None
+  except (OSError, ValueError, EOFError) as error:
+    raise CsaInputError(f"{path}: not a readable prepared volume ({error})") from None
+  required = ("patient_id", "modality", "image", "label", "original_shape", "ornt",
+              "crop_origin", "crop_size", "spacing", "affine")
+  missing = [key for key in required if key not in arrays]
+  if missing:
+    raise CsaInputError(f"{path}: not a prepared volume (missing {', '.join(missing)})")
+  geometry = VolumeGeometry(
+      original_shape=tuple(int(v) for v in arrays["original_shape"]),
+      ornt=arrays["ornt"],
+      crop_origin=tuple(int(v) for v in arrays["crop_origin"]),
+      crop_size=int(arrays["crop_size"]),
+  )
+  return PreparedVolume(
+      patient_id=str(arrays["patient_id"]),
+      modality=str(arrays["modality"]),
+      image=arrays["image"],
+      label=arrays["label"],
+      geometry=geometry,
+      spacing=tuple(float(v) for v in arrays["spacing"]),
+      affine=arrays["affine"],
+      source=str(arrays.get("source", "")),
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class VolumeEntry:
+  """A volume listed in prep_meta.json."""
+  patient_id: str
+  modality: str
+  file: str
+  num_slices: int
+  num_labelled_slices: int
+
+
+class PreparedDataset:
+  """Read access to a PREP folder, validated on open."""
+
+  def __init__(self, prep_dir: str, meta: dict, splits: Dict[str, List[str]]):
+    self.prep_dir = prep_dir
+    self.meta = meta
+    self.splits = splits
+    self.spec = datasets.get_spec(meta["dataset"])
+    self.crop_size = int(meta["crop_size"])
+    self.modalities = tuple(meta["modalities"])
+    self.entries = [VolumeEntry(**entry) for entry in meta["volumes"]]
+
+  @classmethod
+  def open(cls, prep_dir: str, *, dataset: Optional[str] = None) -> "PreparedDataset":
+    """Opens and validates PREP.
+
+    Args:
+      prep_dir: the folder written by data_prep.mscmr / data_prep.mmwhs.
+      dataset: if given, the dataset the folder must hold.
+
+    Raises:
+      CsaInputError: the folder is missing, is not a csa_tf preparation, is of another
+        format version or dataset, or lacks a listed volume or its splits.
+    """
+    if not os.path.isdir(prep_dir):
+      raise CsaInputError(f"{prep_dir}: prepared data folder not found")
+    meta_path = os.path.join(prep_dir, META_FILE)
+    if not os.path.isfile(meta_path):
+      raise CsaInputError(
+          f"{prep_dir}: not a prepared data folder (no {META_FILE}); run "
+          "data_prep.mscmr or data_prep.mmwhs first")
+    meta = _read_json(meta_path)
+    if meta.get("format") != FORMAT_NAME:
+      raise CsaInputError(f"{meta_path}: not a csa_tf preparation (format "
+                          f"{meta.get('format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+      raise CsaInputError(
+          f"{meta_path}: prepared with format version {meta.get('format_version')}, "
+          f"this csa_tf reads version {FORMAT_VERSION}; prepare the data again")
+    if dataset is not None and meta.get("dataset") != dataset:
+      raise CsaInputError(f"{meta_path}: holds dataset {meta.get('dataset')!r}, "
+                          f"expected {dataset!r}")
+    splits_path = os.path.join(prep_dir, SPLITS_FILE)
+    if not os.path.isfile(splits_path):
+      raise CsaInputError(f"{splits_path}: file not found")
+    splits = _read_json(splits_path)
+    if set(splits) != {"train", "test"}:
+      raise CsaInputError(f"{splits_path}: expected keys 'train' and 'test'")
+    prepared = cls(prep_dir, meta, splits)
+    for entry in prepared.entries:
+      path = os.path.join(prep_dir, entry.file)
+      if not os.path.isfile(path):
+        raise CsaInputError(f"{path}: listed in {META_FILE} but missing")
+    return prepared
+
+  def split_of(self, patient_id: str) -> str:
+    for split, ids in self.splits.items():
+      if patient_id in ids:
+        return split
+    raise KeyError(patient_id)
+
+  def entries_for(self, split: str, modality: Optional[str] = None) -> List[VolumeEntry]:
+    """Volumes of a split ("train"/"test"), optionally of one modality, in id order."""
+    ids = set(self.splits[split])
+    return [entry for entry in self.entries
+            if entry.patient_id in ids and (modality is None or entry.modality == modality)]
+
+  def load(self, entry: VolumeEntry) -> PreparedVolume:
+    return load_volume(os.path.join(self.prep_dir, entry.file))
+
+  def train_slices(self, modality: str, *,
+                   labelled_only: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """All training slices of one modality, stacked.
+
+    Args:
+      modality: the modality key.
+      labelled_only: keep only slices with some foreground (the default for training:
+        the paper trains on annotated slices).
+
+    Returns:
+      (images [N, crop, crop] float32, labels [N, crop, crop] uint8).
+
+    Raises:
+      CsaInputError: the modality was not prepared or has no training slices.
+    """
+    if modality not in self.modalities:
+      raise CsaInputError(f"{self.prep_dir}: modality {modality!r} was not prepared "
+                          f"(has {', '.join(self.modalities)})")
+    images, labels = [], []
+    for entry in self.entries_for("train", modality):
+      volume = self.load(entry)
+      keep = (volume.label.reshape(len(volume.label), -1).max(axis=1) > 0
+              if labelled_only else np.ones(len(volume.label), dtype=bool))
+      images.append(volume.image[keep])
+      labels.append(volume.label[keep])
+    if not images or sum(len(x) for x in images) == 0:
+      raise CsaInputError(f"{self.prep_dir}: no training slices for modality {modality!r}")
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def seeded_patient_split(patient_ids: Sequence[str], *, test_fraction: float,
+                         seed: int) -> Dict[str, List[str]]:
+  """Splits patients (not slices) into train and test with a seeded permutation.
+
+  At least one patient goes to each side when there are two or more and the fraction
+  is strictly between 0 and 1.
+  """
+  ids = sorted(set(patient_ids))
+  order = np.random.default_rng(seed).permutation(len(ids))
+  num_test = int(round(test_fraction * len(ids)))
+  if len(ids) >= 2 and 0 < test_fraction < 1:
+    num_test = min(max(num_test, 1), len(ids) - 1)
+  test = sorted(ids[i] for i in order[:num_test])
+  train = sorted(ids[i] for i in order[num_test:])
+  return {"train": train, "test": test}
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError) as error:
+    raise CsaInputError(f"{path}: unreadable JSON ({error})") from None

@@ -1,0 +1,165 @@
+"""From a 3D volume to the network's 2D slices and back (REFERENCE.md section 5).
+
+A volume is reoriented to a standard array layout [slice, row, col], each slice is cut
+with one fixed crop_size x crop_size box (padded where the image is smaller), and slices
+are z-scored one by one. `VolumeGeometry` records every step so that a prediction on the
+cropped slices can be pasted back into the original voxel grid (`from_slices`).
+"""
+import dataclasses
+from typing import Tuple
+
+import numpy as np
+from nibabel import orientations
+
+# MM-WHS: coronal slices from the header's orientation. In the standard array the slice
+# index increases towards anterior, rows towards inferior and columns towards the
+# patient's left: a coronal slice shows the patient head-up in radiological convention
+# (patient right on the image's left).
+CORONAL_AXCODES = ("A", "I", "L")
+
+
+@dataclasses.dataclass(frozen=True)
+class VolumeGeometry:
+  """How a volume's cropped slices relate to its original voxel grid.
+
+  Attributes:
+    original_shape: the volume's array shape as read from disk.
+    ornt: nibabel orientation transform [3, 2] from the original array to the standard
+      [slice, row, col] array (ornt[i] = [output axis of input axis i, flip]).
+    crop_origin: (row, col) of the crop box's top-left corner in the standard slice;
+      negative or past the edge where the box is padded.
+    crop_size: the box's side in pixels.
+  """
+  original_shape: Tuple[int, int, int]
+  ornt: np.ndarray
+  crop_origin: Tuple[int, int]
+  crop_size: int
+
+  @property
+  def standard_shape(self) -> Tuple[int, int, int]:
+    shape = [0, 0, 0]
+    for axis, (out_axis, _) in enumerate(self.ornt):
+      shape[int(out_axis)] = self.original_shape[axis]
+    return tuple(shape)
+
+  def to_standard(self, volume: np.ndarray) -> np.ndarray:
+    """Reorients an original-grid array to [slice, row, col]."""
+    return np.ascontiguousarray(orientations.apply_orientation(volume, self.ornt))
+
+  def crop(self, standard: np.ndarray, pad_value=0) -> np.ndarray:
+    """Cuts the crop box out of every slice of a standard array [S, H, W]."""
+    return crop_slices(standard, self.crop_origin, self.crop_size, pad_value)
+
+  def to_slices(self, volume: np.ndarray, pad_value=0) -> np.ndarray:
+    """Original-grid array -> cropped slices [S, crop_size, crop_size]."""
+    return self.crop(self.to_standard(volume), pad_value)
+
+  def from_slices(self, slices: np.ndarray, fill_value=0) -> np.ndarray:
+    """Cropped slices [S, crop_size, crop_size] -> an array on the original grid.
+
+    Voxels outside the crop box get fill_value (background for labels).
+    """
+    num_slices, height, width = self.standard_shape
+    if slices.shape != (num_slices, self.crop_size, self.crop_size):
+      raise ValueError(f"expected slices of shape "
+                       f"{(num_slices, self.crop_size, self.crop_size)}, got {slices.shape}")
+    standard = np.full((num_slices, height, width), fill_value, dtype=slices.dtype)
+    r0, c0 = self.crop_origin
+    rows = slice(max(r0, 0), min(r0 + self.crop_size, height))
+    cols = slice(max(c0, 0), min(c0 + self.crop_size, width))
+    standard[:, rows, cols] = slices[:, rows.start - r0:rows.stop - r0,
+                                     cols.start - c0:cols.stop - c0]
+    back = orientations.apply_orientation(standard, _invert(self.ornt))
+    return np.ascontiguousarray(back)
+
+
+def _invert(ornt: np.ndarray) -> np.ndarray:
+  """The orientation transform that undoes `ornt`."""
+  inverse = np.zeros_like(ornt, dtype=np.float64)
+  for axis, (out_axis, flip) in enumerate(ornt):
+    inverse[int(out_axis)] = [axis, flip]
+  return inverse
+
+
+def slice_axis_ornt(slice_axis: int = 2) -> np.ndarray:
+  """Transform that keeps the array's axes and moves `slice_axis` to the front.
+
+  MS-CMRSeg stacks short-axis slices along array axis 2; the slices are used as stored.
+  """
+  others = [axis for axis in range(3) if axis != slice_axis]
+  ornt = np.zeros((3, 2))
+  ornt[slice_axis] = [0, 1]
+  ornt[others[0]] = [1, 1]
+  ornt[others[1]] = [2, 1]
+  return ornt
+
+
+def header_ornt(affine: np.ndarray, axcodes=CORONAL_AXCODES) -> np.ndarray:
+  """Transform from the array's header orientation to `axcodes` [slice, row, col]."""
+  start = orientations.io_orientation(affine)
+  return orientations.ornt_transform(start, orientations.axcodes2ornt(axcodes))
+
+
+def enclosing_crop_origin(standard_labels: np.ndarray,
+                          crop_size: int) -> Tuple[Tuple[int, int], bool]:
+  """The top-left corner of one crop box that encloses every foreground voxel.
+
+  Args:
+    standard_labels: class-index labels [S, H, W]; > 0 is foreground.
+    crop_size: the box side.
+
+  Returns:
+    ((row, col), fits): the box is centred on the foreground's in-plane bounding box over
+    all slices, kept inside the image where the image is at least crop_size wide, and
+    centred on the image where it is smaller (then padded). `fits` is False when the
+    foreground is wider than the box, which then cuts it symmetrically.
+  """
+  _, height, width = standard_labels.shape
+  foreground = standard_labels > 0
+  if foreground.any():
+    rows = np.flatnonzero(foreground.any(axis=(0, 2)))
+    cols = np.flatnonzero(foreground.any(axis=(0, 1)))
+    bounds = ((rows[0], rows[-1]), (cols[0], cols[-1]))
+  else:
+    bounds = ((0, height - 1), (0, width - 1))
+  origin = []
+  fits = True
+  for (low, high), extent in zip(bounds, (height, width)):
+    size = high - low + 1
+    fits &= size <= crop_size
+    start = (low + high + 1) // 2 - crop_size // 2
+    if extent >= crop_size:
+      start = min(max(start, 0), extent - crop_size)
+      if size <= crop_size:
+        # Clamping to the image can never cut the foreground, which lies inside it.
+        start = min(max(start, high + 1 - crop_size), low)
+    else:
+      start = -((crop_size - extent) // 2)
+    origin.append(int(start))
+  return (origin[0], origin[1]), bool(fits)
+
+
+def crop_slices(standard: np.ndarray, origin: Tuple[int, int], crop_size: int,
+                pad_value=0) -> np.ndarray:
+  """Cuts [S, crop, crop] at `origin` from [S, H, W], padding outside with pad_value."""
+  num_slices, height, width = standard.shape
+  out = np.full((num_slices, crop_size, crop_size), pad_value, dtype=standard.dtype)
+  r0, c0 = origin
+  rows = slice(max(r0, 0), min(r0 + crop_size, height))
+  cols = slice(max(c0, 0), min(c0 + crop_size, width))
+  if rows.stop > rows.start and cols.stop > cols.start:
+    out[:, rows.start - r0:rows.stop - r0, cols.start - c0:cols.stop - c0] = (
+        standard[:, rows, cols])
+  return out
+
+
+def zscore_slices(slices: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+  """Z-scores each 2D slice of [S, H, W] on its own (paper Sec. 3, preprocessing).
+
+  A constant slice has no spread to divide by; it becomes all zeros instead of NaN.
+  """
+  slices = slices.astype(np.float32)
+  mean = slices.mean(axis=(1, 2), keepdims=True)
+  std = slices.std(axis=(1, 2), keepdims=True)
+  safe_std = np.where(std > eps, std, 1.0)
+  return np.where(std > eps, (slices - mean) / safe_std, 0.0).astype(np.float32)

@@ -1,0 +1,109 @@
+r"""Prepares MS-CMRSeg 2019 for csa_tf (REFERENCE.md section 5; paper Sec. 3).
+
+  python -m data_prep.mscmr --raw_dir=RAW --output_dir=PREP \
+      [--modalities=lge,bssfp] [--crop_size=224] [--test_fraction=0.2] [--seed=0]
+
+Finds `patientN_{C0,LGE,T2}.nii.gz` images and their `patientN_{...}_manual.nii.gz`
+labels anywhere under RAW (the release keeps them in different folders), maps labels
+500/200/600 to LV=1, myo=2, RV=3, crops every slice of a volume with one crop_size box
+that encloses all annotated regions, z-scores each slice and splits by patient.
+"""
+import functools
+import re
+
+from absl import app
+from absl import flags
+
+from csa_tf import datasets
+from csa_tf.errors import CsaInputError, run_main
+from csa_tf.nifti_io import read_volume
+from csa_tf.slicing import slice_axis_ornt
+from data_prep import discovery
+from data_prep import preparation
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("raw_dir", None, "Folder holding the MS-CMRSeg 2019 release.")
+flags.DEFINE_string("output_dir", None, "Where to write the prepared data (PREP).")
+flags.DEFINE_list("modalities", ["lge", "bssfp"],
+                  "Modalities to prepare: lge, bssfp (C0), t2. The paper uses lge,bssfp.")
+flags.DEFINE_integer("crop_size", 224, "In-plane crop box side (paper: 224).")
+flags.DEFINE_float("test_fraction", 0.2, "Fraction of patients in the test split.")
+flags.DEFINE_integer("seed", 0, "Seed of the patient-level split.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing preparation in --output_dir.")
+
+_FILE_PATTERN = re.compile(r"patient(\d+)_(C0|LGE|T2)(_manual)?\.nii(?:\.gz)?")
+
+
+def prepare_mscmr(raw_dir: str, output_dir: str, *, modalities=("lge", "bssfp"),
+                  crop_size: int = 224, test_fraction: float = 0.2, seed: int = 0,
+                  overwrite: bool = False) -> str:
+  """Prepares the release under raw_dir into output_dir; returns the summary text.
+
+  Raises:
+    CsaInputError: bad settings, no matching files, an image without its label (or the
+      reverse), a patient missing a requested modality, or any bad volume.
+  """
+  spec = datasets.MSCMR
+  preparation.check_common_flags(crop_size, test_fraction, raw_dir, output_dir)
+  modalities = list(modalities)
+  for modality in modalities:
+    if modality not in datasets.MSCMR_SEQUENCE_TAGS:
+      raise CsaInputError(f"--modalities: unknown MS-CMRSeg modality {modality!r}; "
+                          f"expected some of {list(datasets.MSCMR_SEQUENCE_TAGS)}")
+  if len(set(modalities)) != len(modalities) or not modalities:
+    raise CsaInputError(f"--modalities={','.join(modalities)}: list each modality once")
+  found = discovery.find_files(raw_dir, _FILE_PATTERN)
+  tags = {datasets.MSCMR_SEQUENCE_TAGS[m]: m for m in modalities}
+  images = {(int(n), tags[tag]): path for (n, tag, manual), path in found.items()
+            if tag in tags and not manual}
+  labels = {(int(n), tags[tag]): path for (n, tag, manual), path in found.items()
+            if tag in tags and manual}
+  if not images and not labels:
+    raise CsaInputError(
+        f"{raw_dir}: no MS-CMRSeg files (patientN_{{C0,LGE,T2}}[_manual].nii.gz) for "
+        f"modalities {','.join(modalities)}")
+  for key, path in sorted(labels.items()):
+    if key not in images:
+      raise CsaInputError(f"{path}: label without its image "
+                          f"patient{key[0]}_{datasets.MSCMR_SEQUENCE_TAGS[key[1]]}.nii.gz")
+  for key, path in sorted(images.items()):
+    if key not in labels:
+      raise CsaInputError(f"{path}: no manual label found for this image "
+                          f"(expected patient{key[0]}_"
+                          f"{datasets.MSCMR_SEQUENCE_TAGS[key[1]]}_manual.nii.gz)")
+  patients = sorted({n for n, _ in images})
+  for n in patients:
+    for modality in modalities:
+      if (n, modality) not in images:
+        raise CsaInputError(
+            f"{raw_dir}: patient{n} has no {modality} "
+            f"({datasets.MSCMR_SEQUENCE_TAGS[modality]}) image; prepare with "
+            f"--modalities not including {modality} or add the file")
+
+  def load(n, modality):
+    image = read_volume(images[(n, modality)], kind="image")
+    label = read_volume(labels[(n, modality)], kind="label")
+    return image, label, modality, f"patient{n}", slice_axis_ornt(2)
+
+  jobs = [functools.partial(load, n, m) for m in modalities for n in patients]
+  settings = dict(crop_size=crop_size, test_fraction=test_fraction, seed=seed,
+                  raw_dir=raw_dir, modalities=modalities)
+  return preparation.run_preparation(output_dir, spec=spec, settings=settings,
+                                     overwrite=overwrite, jobs=jobs,
+                                     modalities=modalities)
+
+
+def main(argv):
+  del argv
+  for name in ("raw_dir", "output_dir"):
+    if not getattr(FLAGS, name):
+      raise CsaInputError(f"--{name} is required")
+  summary = prepare_mscmr(FLAGS.raw_dir, FLAGS.output_dir, modalities=FLAGS.modalities,
+                          crop_size=FLAGS.crop_size, test_fraction=FLAGS.test_fraction,
+                          seed=FLAGS.seed, overwrite=FLAGS.overwrite)
+  print(summary, end="")
+  print(f"prepared data written to {FLAGS.output_dir}")
+
+
+if __name__ == "__main__":
+  app.run(run_main(main))

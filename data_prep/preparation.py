@@ -1,0 +1,239 @@
+"""Steps shared by the dataset conversion scripts: label mapping, one volume's
+preparation, and writing the PREP folder atomically (REFERENCE.md section 5)."""
+import json
+import os
+import shutil
+import tempfile
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+import csa_tf
+from csa_tf import prepared
+from csa_tf.datasets import DatasetSpec
+from csa_tf.errors import CsaInputError
+from csa_tf.nifti_io import Volume
+from csa_tf.slicing import VolumeGeometry, enclosing_crop_origin, zscore_slices
+
+
+def map_labels(raw: np.ndarray, spec: DatasetSpec, path: str) -> np.ndarray:
+  """Maps a released label volume's raw values to class indices.
+
+  Raw values of the paper's classes map to 1..C-1 in class order; other known values
+  (e.g. MM-WHS' right atrium) to background; aliases first (MM-WHS' stray 421 -> 420).
+
+  Raises:
+    CsaInputError: the volume holds a value outside the dataset's known set.
+  """
+  values = np.unique(raw)
+  unknown = sorted(int(v) for v in values if int(v) not in spec.known_raw_values)
+  if unknown:
+    shown = ", ".join(str(v) for v in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
+    raise CsaInputError(
+        f"{path}: label values {shown} are not {spec.name} labels "
+        f"(expected a subset of {sorted(spec.known_raw_values)})")
+  class_of = {raw_value: index for index, raw_value in enumerate(spec.label_values, 1)}
+  lookup = {int(v): class_of.get(spec.raw_value_aliases.get(int(v), int(v)), 0)
+            for v in values}
+  out = np.zeros(raw.shape, dtype=np.uint8)
+  for value in values:
+    class_index = lookup[int(value)]
+    if class_index:
+      out[raw == value] = class_index
+  return out
+
+
+def prepare_volume(image: Volume, label: Volume, *, spec: DatasetSpec, modality: str,
+                   patient_id: str, ornt: np.ndarray,
+                   crop_size: int) -> (prepared.PreparedVolume, bool):
+  """Maps, reorients, crops and z-scores one image/label pair.
+
+  Returns:
+    (volume, fits): fits is False when the annotation is wider than the crop box.
+
+  Raises:
+    CsaInputError: shapes differ, or the label holds unknown values.
+  """
+  if image.data.shape != label.data.shape:
+    raise CsaInputError(
+        f"{label.path}: label shape {label.data.shape} does not match image "
+        f"{os.path.basename(image.path)} shape {image.data.shape}")
+  classes = map_labels(label.data, spec, label.path)
+  probe = VolumeGeometry(tuple(image.data.shape), ornt, (0, 0), crop_size)
+  standard_labels = probe.to_standard(classes)
+  origin, fits = enclosing_crop_origin(standard_labels, crop_size)
+  geometry = VolumeGeometry(tuple(image.data.shape), ornt, origin, crop_size)
+  # Pad with the volume's minimum (air/background) rather than 0, which is mid-range
+  # for CT in HU.
+  image_slices = geometry.crop(geometry.to_standard(image.data),
+                               pad_value=float(image.data.min()))
+  volume = prepared.PreparedVolume(
+      patient_id=patient_id,
+      modality=modality,
+      image=zscore_slices(image_slices),
+      label=geometry.crop(standard_labels),
+      geometry=geometry,
+      spacing=image.spacing,
+      affine=image.affine,
+      source=os.path.basename(image.path),
+  )
+  return volume, fits
+
+
+class PrepWriter:
+  """Collects prepared volumes in a temporary folder and moves it into place at the end.
+
+  Nothing appears at output_dir unless `commit` runs, so a failure half-way leaves no
+  half-written PREP behind.
+  """
+
+  def __init__(self, output_dir: str, *, spec: DatasetSpec, settings: dict,
+               overwrite: bool = False):
+    self.output_dir = os.path.abspath(output_dir)
+    self.spec = spec
+    self.settings = settings
+    self.overwrite = overwrite
+    self._entries: List[dict] = []
+    self._not_fitting: List[str] = []
+    self._check_output_dir()
+    parent = os.path.dirname(self.output_dir)
+    os.makedirs(parent, exist_ok=True)
+    self.tmp_dir = tempfile.mkdtemp(prefix=".tmp-prep-", dir=parent)
+
+  def _check_output_dir(self) -> None:
+    if not os.path.exists(self.output_dir):
+      return
+    if not os.path.isdir(self.output_dir):
+      raise CsaInputError(f"{self.output_dir}: exists and is not a folder")
+    if not os.listdir(self.output_dir) or self.overwrite:
+      return
+    meta_path = os.path.join(self.output_dir, prepared.META_FILE)
+    if not os.path.isfile(meta_path):
+      raise CsaInputError(
+          f"{self.output_dir}: output folder is not empty and holds no csa_tf preparation;"
+          " choose another --output_dir")
+    raise CsaInputError(
+        f"{self.output_dir}: already holds a preparation ({meta_path}); pass "
+        "--overwrite to replace it or choose another --output_dir")
+
+  def add(self, volume: prepared.PreparedVolume, fits: bool) -> None:
+    relative = prepared.volume_filename(volume.modality, volume.patient_id)
+    prepared.save_volume(os.path.join(self.tmp_dir, relative), volume)
+    labelled = int((volume.label.reshape(len(volume.label), -1).max(axis=1) > 0).sum())
+    self._entries.append(dict(patient_id=volume.patient_id, modality=volume.modality,
+                              file=relative, num_slices=int(len(volume.label)),
+                              num_labelled_slices=labelled))
+    if not fits:
+      self._not_fitting.append(f"{volume.modality}/{volume.patient_id}")
+
+  def commit(self, splits: Dict[str, List[str]], modalities: Sequence[str]) -> str:
+    """Writes meta, splits and summary, then moves the folder into place."""
+    entries = sorted(self._entries, key=lambda e: (e["modality"], e["patient_id"]))
+    meta = dict(
+        format=prepared.FORMAT_NAME,
+        format_version=prepared.FORMAT_VERSION,
+        dataset=self.spec.name,
+        class_names=list(self.spec.class_names),
+        label_values=list(self.spec.label_values),
+        modalities=list(modalities),
+        crop_size=self.settings["crop_size"],
+        settings=self.settings,
+        csa_tf_version=csa_tf.__version__,
+        crop_does_not_enclose=self._not_fitting,
+        volumes=entries,
+    )
+    with open(os.path.join(self.tmp_dir, prepared.META_FILE), "w") as f:
+      json.dump(meta, f, indent=1)
+    with open(os.path.join(self.tmp_dir, prepared.SPLITS_FILE), "w") as f:
+      json.dump(splits, f, indent=1)
+    summary = summary_text(self.spec, entries, splits, self.settings, self._not_fitting)
+    with open(os.path.join(self.tmp_dir, prepared.SUMMARY_FILE), "w") as f:
+      f.write(summary)
+    if os.path.exists(self.output_dir):
+      old = self.output_dir + ".old-" + os.path.basename(self.tmp_dir)
+      os.replace(self.output_dir, old)
+      os.replace(self.tmp_dir, self.output_dir)
+      shutil.rmtree(old)
+    else:
+      os.replace(self.tmp_dir, self.output_dir)
+    return summary
+
+  def abort(self) -> None:
+    shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def summary_text(spec: DatasetSpec, entries: List[dict], splits: Dict[str, List[str]],
+                 settings: dict, not_fitting: List[str]) -> str:
+  lines = [f"csa_tf preparation of {spec.name} (crop {settings['crop_size']}, "
+           f"seed {settings['seed']}, test fraction {settings['test_fraction']})",
+           f"{'modality':<8} {'split':<6} {'volumes':>7} {'slices':>7} {'labelled':>8}"]
+  modalities = sorted({e["modality"] for e in entries})
+  for modality in modalities:
+    for split in ("train", "test"):
+      ids = set(splits[split])
+      rows = [e for e in entries if e["modality"] == modality and e["patient_id"] in ids]
+      lines.append(f"{modality:<8} {split:<6} {len(rows):>7} "
+                   f"{sum(e['num_slices'] for e in rows):>7} "
+                   f"{sum(e['num_labelled_slices'] for e in rows):>8}")
+  if not_fitting:
+    lines.append("annotation wider than the crop box (cut symmetrically): "
+                 + ", ".join(not_fitting))
+  return "\n".join(lines) + "\n"
+
+
+def run_preparation(output_dir: str, *, spec: DatasetSpec, settings: dict,
+                    overwrite: bool, jobs, modalities: Sequence[str],
+                    split_ids: Optional[Dict[str, List[str]]] = None,
+                    split_groups: Optional[List[List[str]]] = None) -> str:
+  """Prepares every (image, label, modality, patient_id, ornt) job and writes PREP.
+
+  Args:
+    jobs: iterable of callables returning (image Volume, label Volume, modality,
+      patient_id, ornt); loading lazily keeps one volume in memory at a time.
+    split_groups: lists of patient ids split independently (MM-WHS splits CT and MR
+      patients separately, since they are different people); default one group.
+
+  Returns:
+    The summary text.
+  """
+  writer = PrepWriter(output_dir, spec=spec, settings=settings, overwrite=overwrite)
+  try:
+    ids = []
+    for index, job in enumerate(jobs, start=1):
+      image, label, modality, patient_id, ornt = job()
+      volume, fits = prepare_volume(image, label, spec=spec, modality=modality,
+                                    patient_id=patient_id, ornt=ornt,
+                                    crop_size=settings["crop_size"])
+      writer.add(volume, fits)
+      ids.append(patient_id)
+      print(f"[{index}/{len(jobs)}] {modality} {patient_id}: {len(volume.label)} slices"
+            + ("" if fits else " (annotation wider than the crop box)"), flush=True)
+    if split_ids is None:
+      groups = split_groups or [ids]
+      split_ids = {"train": [], "test": []}
+      for group in groups:
+        part = prepared.seeded_patient_split(group, test_fraction=settings["test_fraction"],
+                                             seed=settings["seed"])
+        split_ids["train"] += part["train"]
+        split_ids["test"] += part["test"]
+    return writer.commit(split_ids, modalities)
+  except BaseException:
+    writer.abort()
+    raise
+
+
+def check_common_flags(crop_size: int, test_fraction: float, raw_dir: str = "",
+                       output_dir: str = "") -> None:
+  """Raises CsaInputError for crop sizes the network cannot take, bad fractions, or an
+  output folder inside the raw data (which is never written to)."""
+  if raw_dir and output_dir:
+    raw = os.path.realpath(raw_dir)
+    out = os.path.realpath(output_dir)
+    if out == raw or out.startswith(raw + os.sep):
+      raise CsaInputError(f"--output_dir={output_dir}: lies inside --raw_dir={raw_dir}; "
+                          "the raw data folder is never written to")
+  if crop_size <= 0 or crop_size % 8:
+    raise CsaInputError(f"--crop_size={crop_size}: must be a positive multiple of 8 "
+                        "(the network downsamples by 8)")
+  if not 0 <= test_fraction < 1:
+    raise CsaInputError(f"--test_fraction={test_fraction}: must be in [0, 1)")
