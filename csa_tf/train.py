@@ -17,54 +17,56 @@ from csa_tf.errors import CsaInputError, run_main
 from csa_tf.prepared import PreparedDataset
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "Prepared data (PREP). Default: generate phantoms "
-                    "under <model_dir>/phantom_data.")
-flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, config, TensorBoard.")
-flags.DEFINE_enum("method", "csa", list(config_lib.METHOD_ORDER),
-                  "Setting of Tables 1-3: single, ummkd, joint, msbn, affinity, csa.")
-flags.DEFINE_integer("train_steps", 1000, "Total training steps (resume continues to it).")
-flags.DEFINE_integer("batch_size", 8, "Slices per modality per step (paper: 8).")
-flags.DEFINE_integer("feature_base", 16, "Channels of the first group (REFERENCE: 16).")
-flags.DEFINE_list("modalities", [], "Modalities to train on; default the paper's pair of "
-                  "the dataset (lge,bssfp or ct,mr).")
-flags.DEFINE_integer("seed", 0, "Seed of weights, dropout and the input streams.")
-flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate (paper: 1e-4).")
-flags.DEFINE_float("lr_decay_rate", 0.95, "Learning-rate factor per decay period.")
-flags.DEFINE_integer("lr_decay_steps", 1000, "Steps per learning-rate decay period.")
-flags.DEFINE_float("alpha", 1.0, "Weight of the Dice losses (Eq. 5).")
-flags.DEFINE_float("beta", 1.0, "Weight of the cross-entropy losses (Eq. 5).")
-flags.DEFINE_float("lambda", 0.5, "Weight of the extra loss: CSA, affinity or KD (Eq. 5).")
-flags.DEFINE_float("l2_weight", 1e-4, "Weight decay on conv kernels (0.5*||W||^2).")
-flags.DEFINE_float("dropout_rate", 0.25, "Dropout rate (paper's keep_prob 0.75).")
-flags.DEFINE_list("csa_pairs", ["g3:g4", "g5:g6", "g7:g8"],
-                  "CSA layer pairs l:k (taps g1..g10); default: adjacent intermediate "
-                  "groups at two scales.")
-flags.DEFINE_enum("csa_area_norm", "count", ["count", "fraction", "none"],
-                  "S_c of Eq. 3: class pixel count (paper), fraction, or none.")
-flags.DEFINE_enum("csa_reduction", "mean_then_square",
-                  ["mean_then_square", "square_then_mean"],
-                  "Eq. 4 literally (mean_then_square) or mean of squares.")
-flags.DEFINE_float("kd_temperature", 2.0, "UMMKD's softmax temperature.")
-flags.DEFINE_bool("deterministic", False, "Enable TF op determinism (slower).")
-flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
-flags.DEFINE_enum("mixed_precision", "off", ["off", "bf16", "fp16"],
-                  "Mixed precision compute (losses stay float32).")
-flags.DEFINE_bool("augment", False, "Random flips and intensity jitter (not in the paper).")
-flags.DEFINE_bool("all_slices", False, "Train on unlabelled slices too (default: only "
-                  "slices with some foreground).")
-flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
-flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
-flags.DEFINE_integer("log_every", 50, "Steps between progress lines and scalars.")
-flags.DEFINE_integer("image_summary_every", 0,
-                     "Steps between TensorBoard image summaries (0: never).")
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
-                  "tf.distribute strategy.")
-flags.DEFINE_enum("dataset", "mscmr", ["mscmr", "mmwhs"],
-                  "Phantom dataset layout when no --data_dir is given.")
-flags.DEFINE_integer("phantom_patients", 8, "Phantom patients when no --data_dir.")
-flags.DEFINE_float("phantom_scale", 0.25, "Phantom in-plane scale when no --data_dir.")
-flags.DEFINE_integer("crop_size", 64, "Crop size of the phantom preparation when no "
-                     "--data_dir (a real PREP's crop size is read from it).")
+def define_flags():
+  """Defines this command's flags (only when run as a command, never on import)."""
+  flags.DEFINE_string("data_dir", None, "Prepared data (PREP). Default: generate phantoms "
+                      "under <model_dir>/phantom_data.")
+  flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, config, TensorBoard.")
+  flags.DEFINE_enum("method", "csa", list(config_lib.METHOD_ORDER),
+                    "Setting of Tables 1-3: single, ummkd, joint, msbn, affinity, csa.")
+  flags.DEFINE_integer("train_steps", 1000, "Total training steps (resume continues to it).")
+  flags.DEFINE_integer("batch_size", 8, "Slices per modality per step (paper: 8).")
+  flags.DEFINE_integer("feature_base", 16, "Channels of the first group (REFERENCE: 16).")
+  flags.DEFINE_list("modalities", [], "Modalities to train on; default the paper's pair of "
+                    "the dataset (lge,bssfp or ct,mr).")
+  flags.DEFINE_integer("seed", 0, "Seed of weights, dropout and the input streams.")
+  flags.DEFINE_float("learning_rate", 1e-4, "Adam learning rate (paper: 1e-4).")
+  flags.DEFINE_float("lr_decay_rate", 0.95, "Learning-rate factor per decay period.")
+  flags.DEFINE_integer("lr_decay_steps", 1000, "Steps per learning-rate decay period.")
+  flags.DEFINE_float("alpha", 1.0, "Weight of the Dice losses (Eq. 5).")
+  flags.DEFINE_float("beta", 1.0, "Weight of the cross-entropy losses (Eq. 5).")
+  flags.DEFINE_float("lambda", 0.5, "Weight of the extra loss: CSA, affinity or KD (Eq. 5).")
+  flags.DEFINE_float("l2_weight", 1e-4, "Weight decay on conv kernels (0.5*||W||^2).")
+  flags.DEFINE_float("dropout_rate", 0.25, "Dropout rate (paper's keep_prob 0.75).")
+  flags.DEFINE_list("csa_pairs", ["g3:g4", "g5:g6", "g7:g8"],
+                    "CSA layer pairs l:k (taps g1..g10); default: adjacent intermediate "
+                    "groups at two scales.")
+  flags.DEFINE_enum("csa_area_norm", "count", ["count", "fraction", "none"],
+                    "S_c of Eq. 3: class pixel count (paper), fraction, or none.")
+  flags.DEFINE_enum("csa_reduction", "mean_then_square",
+                    ["mean_then_square", "square_then_mean"],
+                    "Eq. 4 literally (mean_then_square) or mean of squares.")
+  flags.DEFINE_float("kd_temperature", 2.0, "UMMKD's softmax temperature.")
+  flags.DEFINE_bool("deterministic", False, "Enable TF op determinism (slower).")
+  flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
+  flags.DEFINE_enum("mixed_precision", "off", ["off", "bf16", "fp16"],
+                    "Mixed precision compute (losses stay float32).")
+  flags.DEFINE_bool("augment", False, "Random flips and intensity jitter (not in the paper).")
+  flags.DEFINE_bool("all_slices", False, "Train on unlabelled slices too (default: only "
+                    "slices with some foreground).")
+  flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
+  flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
+  flags.DEFINE_integer("log_every", 50, "Steps between progress lines and scalars.")
+  flags.DEFINE_integer("image_summary_every", 0,
+                       "Steps between TensorBoard image summaries (0: never).")
+  flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
+                    "tf.distribute strategy.")
+  flags.DEFINE_enum("dataset", "mscmr", ["mscmr", "mmwhs"],
+                    "Phantom dataset layout when no --data_dir is given.")
+  flags.DEFINE_integer("phantom_patients", 8, "Phantom patients when no --data_dir.")
+  flags.DEFINE_float("phantom_scale", 0.25, "Phantom in-plane scale when no --data_dir.")
+  flags.DEFINE_integer("crop_size", 64, "Crop size of the phantom preparation when no "
+                       "--data_dir (a real PREP's crop size is read from it).")
 
 
 def prepare_phantom_data(model_dir: str, *, dataset: str, num_patients: int, scale: float,
@@ -144,4 +146,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(run_main(main))

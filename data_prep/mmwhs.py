@@ -25,13 +25,15 @@ from data_prep import discovery
 from data_prep import preparation
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("raw_dir", None, "Folder holding the MM-WHS 2017 training release.")
-flags.DEFINE_string("output_dir", None, "Where to write the prepared data (PREP).")
-flags.DEFINE_list("modalities", ["ct", "mr"], "Modalities to prepare: ct, mr.")
-flags.DEFINE_integer("crop_size", 256, "Coronal crop box side (paper: 256).")
-flags.DEFINE_float("test_fraction", 0.2, "Fraction of each modality's patients in test.")
-flags.DEFINE_integer("seed", 0, "Seed of the patient-level split.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing preparation in --output_dir.")
+def define_flags():
+  """Defines this command's flags (only when run as a command, never on import)."""
+  flags.DEFINE_string("raw_dir", None, "Folder holding the MM-WHS 2017 training release.")
+  flags.DEFINE_string("output_dir", None, "Where to write the prepared data (PREP).")
+  flags.DEFINE_list("modalities", ["ct", "mr"], "Modalities to prepare: ct, mr.")
+  flags.DEFINE_integer("crop_size", 256, "Coronal crop box side (paper: 256).")
+  flags.DEFINE_float("test_fraction", 0.2, "Fraction of each modality's patients in test.")
+  flags.DEFINE_integer("seed", 0, "Seed of the patient-level split.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing preparation in --output_dir.")
 
 _FILE_PATTERN = re.compile(r"(ct|mr)_train_(\d+)_(image|label)\.nii(?:\.gz)?")
 
@@ -110,4 +112,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(run_main(main))

@@ -22,14 +22,16 @@ from data_prep import discovery
 from data_prep import preparation
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("raw_dir", None, "Folder holding the MS-CMRSeg 2019 release.")
-flags.DEFINE_string("output_dir", None, "Where to write the prepared data (PREP).")
-flags.DEFINE_list("modalities", ["lge", "bssfp"],
-                  "Modalities to prepare: lge, bssfp (C0), t2. The paper uses lge,bssfp.")
-flags.DEFINE_integer("crop_size", 224, "In-plane crop box side (paper: 224).")
-flags.DEFINE_float("test_fraction", 0.2, "Fraction of patients in the test split.")
-flags.DEFINE_integer("seed", 0, "Seed of the patient-level split.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing preparation in --output_dir.")
+def define_flags():
+  """Defines this command's flags (only when run as a command, never on import)."""
+  flags.DEFINE_string("raw_dir", None, "Folder holding the MS-CMRSeg 2019 release.")
+  flags.DEFINE_string("output_dir", None, "Where to write the prepared data (PREP).")
+  flags.DEFINE_list("modalities", ["lge", "bssfp"],
+                    "Modalities to prepare: lge, bssfp (C0), t2. The paper uses lge,bssfp.")
+  flags.DEFINE_integer("crop_size", 224, "In-plane crop box side (paper: 224).")
+  flags.DEFINE_float("test_fraction", 0.2, "Fraction of patients in the test split.")
+  flags.DEFINE_integer("seed", 0, "Seed of the patient-level split.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing preparation in --output_dir.")
 
 _FILE_PATTERN = re.compile(r"patient(\d+)_(C0|LGE|T2)(_manual)?\.nii(?:\.gz)?")
 
@@ -106,4 +108,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(run_main(main))
