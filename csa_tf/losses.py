@@ -1,0 +1,375 @@
+"""Loss functions: Dice, weighted CE, L2, UMMKD's KD and the class-specific affinity loss.
+
+Pure functions of tensors (MONAI style). Shapes are NHWC: `probs`/`logits` [B, H, W, C],
+integer label maps [B, H, W], features [B, h, w, channels]. Every loss returns a scalar
+computed in float32 (float16/bfloat16 inputs are cast up; float64 inputs stay float64 so
+that gradients can be checked numerically). Forms and decisions: REFERENCE.md section 2.
+"""
+from typing import Mapping, Sequence, Tuple
+
+import tensorflow as tf
+
+AREA_NORMS = ("count", "fraction", "none")
+REDUCTIONS = ("mean_then_square", "square_then_mean")
+
+# Adjacent intermediate layers at several feature scales: the paper picks "feature maps
+# from the intermediate layer" and "layers relatively close to each other" at "multiple
+# feature scales" (Sec. 3, Implementation; Sec. 1). g3 (H/4, 4F) is average-pooled onto
+# g4 (H/8, 8F); g5/g6 (16F) and g7/g8 (32F) are at H/8. g9/g10 are left out as "too
+# closely related to the ground truth mask".
+DEFAULT_CSA_PAIRS = (("g3", "g4"), ("g5", "g6"), ("g7", "g8"))
+
+# UMMKD's smoothing terms and clip (REFERENCE.md section 2).
+_DICE_EPS = 1e-7
+_CE_CLIP_MIN = 0.005
+_KD_EPS = 1e-6
+# Channels whose masked squared norm is below this count as all-zero: their cosine is 0.
+_SQ_NORM_FLOOR = 1e-12
+
+
+def _compute_dtype(*tensors) -> tf.DType:
+  """float64 if any input is float64, else float32 (never half precision)."""
+  return tf.float64 if any(t.dtype == tf.float64 for t in tensors) else tf.float32
+
+
+def _check_probs_and_labels(values, labels, num_classes, what):
+  if values.shape.rank != 4:
+    raise ValueError(f"{what} must be NHWC [B, H, W, C], got shape {values.shape}")
+  if labels.shape.rank != 3:
+    raise ValueError(f"labels must be [B, H, W] class indices, got shape {labels.shape}")
+  if values.shape[-1] is not None and values.shape[-1] != num_classes:
+    raise ValueError(f"{what} have {values.shape[-1]} channels, expected "
+                     f"num_classes={num_classes}")
+  if not values.shape[:3].is_compatible_with(labels.shape):
+    raise ValueError(f"{what} {values.shape} and labels {labels.shape} differ in B, H, W")
+
+
+def dice_loss(probs, labels, *, num_classes: int):
+  """UMMKD's multi-class soft Dice loss, background included.
+
+  `-(1/C) sum_c 2 sum(p_c g_c) / (sum(p_c^2) + sum(g_c) + 1e-7)`, sums over batch and
+  pixels (REFERENCE.md section 2). In [-1, 0]; -1 is a perfect prediction.
+
+  Args:
+    probs: softmax probabilities [B, H, W, C].
+    labels: integer class map [B, H, W].
+    num_classes: C.
+
+  Returns:
+    Scalar loss.
+
+  Raises:
+    ValueError: bad ranks, or probs' last dimension is not num_classes.
+  """
+  probs = tf.convert_to_tensor(probs)
+  labels = tf.convert_to_tensor(labels)
+  _check_probs_and_labels(probs, labels, num_classes, "probs")
+  dtype = _compute_dtype(probs)
+  probs = tf.cast(probs, dtype)
+  onehot = tf.one_hot(labels, num_classes, dtype=dtype)
+  intersection = tf.reduce_sum(probs * onehot, axis=(0, 1, 2))
+  denominator = (tf.reduce_sum(tf.square(probs), axis=(0, 1, 2))
+                 + tf.reduce_sum(onehot, axis=(0, 1, 2)) + _DICE_EPS)
+  return -tf.reduce_mean(2.0 * intersection / denominator)
+
+
+def weighted_ce_loss(probs, labels, *, num_classes: int):
+  """UMMKD's class-weighted cross-entropy on probabilities.
+
+  Per-batch weights `w_c = 1 - sum(g_c) / sum(g)`, loss
+  `mean over pixels of sum_c -w_c g_c log(clip(p_c, 0.005, 1))` (REFERENCE.md s. 2).
+
+  Args:
+    probs: softmax probabilities [B, H, W, C].
+    labels: integer class map [B, H, W].
+    num_classes: C.
+
+  Returns:
+    Scalar loss.
+
+  Raises:
+    ValueError: bad ranks, or probs' last dimension is not num_classes.
+  """
+  probs = tf.convert_to_tensor(probs)
+  labels = tf.convert_to_tensor(labels)
+  _check_probs_and_labels(probs, labels, num_classes, "probs")
+  dtype = _compute_dtype(probs)
+  probs = tf.cast(probs, dtype)
+  onehot = tf.one_hot(labels, num_classes, dtype=dtype)
+  class_pixels = tf.reduce_sum(onehot, axis=(0, 1, 2))
+  weights = 1.0 - class_pixels / tf.reduce_sum(class_pixels)
+  log_probs = tf.math.log(tf.clip_by_value(probs, _CE_CLIP_MIN, 1.0))
+  return tf.reduce_mean(tf.reduce_sum(-weights * onehot * log_probs, axis=-1))
+
+
+def l2_loss(kernels: Sequence[tf.Variable], *, weight: float = 1e-4):
+  """Weight decay `weight * sum_W 0.5 ||W||^2` over conv kernels (BN excluded).
+
+  Args:
+    kernels: conv kernels, e.g. `CsaNet.conv_kernels`.
+    weight: decay factor (1e-4 in UMMKD).
+
+  Returns:
+    Scalar loss.
+
+  Raises:
+    ValueError: `kernels` is empty.
+  """
+  kernels = list(kernels)
+  if not kernels:
+    raise ValueError("l2_loss needs at least one kernel")
+  dtype = _compute_dtype(*kernels)
+  total = tf.add_n([tf.nn.l2_loss(tf.cast(k, dtype)) for k in kernels])
+  return tf.cast(weight, dtype) * total
+
+
+def _class_mean_log_softmax(logits, labels, num_classes, temperature, dtype):
+  """log softmax(zbar_c / T) [C, C] of each class's mean logit vector over the batch."""
+  logits = tf.cast(logits, dtype)
+  onehot = tf.one_hot(labels, num_classes, dtype=dtype)
+  # zbar[c, :] = sum_p g_c(p) z(p) / (sum_p g_c(p) + 1e-6).
+  summed = tf.einsum("bhwc,bhwk->ck", onehot, logits)
+  counts = tf.reduce_sum(onehot, axis=(0, 1, 2))
+  zbar = summed / (counts[:, None] + _KD_EPS)
+  return tf.nn.log_softmax(zbar / temperature, axis=-1)
+
+
+def kd_loss(logits_a, labels_a, logits_b, labels_b, *, num_classes: int,
+            temperature: float = 2.0):
+  """UMMKD's knowledge-distillation loss between two modalities' class prototypes.
+
+  For each class c and modality, the mean logit vector over every class-c pixel of the
+  batch `zbar_c = sum(z g_c) / (sum(g_c) + 1e-6)` gives `q_c = softmax(zbar_c / T)`;
+  the loss is `(1/C) sum_c 0.5 (KL(q_a,c || q_b,c) + KL(q_b,c || q_a,c))`, background
+  included, no stop-gradient (REFERENCE.md section 2). A class absent from a batch has
+  zbar = 0, i.e. a uniform q, as in UMMKD.
+
+  Args:
+    logits_a: modality a's logits [B, H, W, C].
+    labels_a: modality a's integer class map [B, H, W].
+    logits_b: modality b's logits [B', H', W', C] (unpaired: sizes may differ).
+    labels_b: modality b's integer class map [B', H', W'].
+    num_classes: C.
+    temperature: softmax temperature T.
+
+  Returns:
+    Scalar loss.
+
+  Raises:
+    ValueError: bad ranks or channel counts.
+  """
+  logits_a = tf.convert_to_tensor(logits_a)
+  logits_b = tf.convert_to_tensor(logits_b)
+  labels_a = tf.convert_to_tensor(labels_a)
+  labels_b = tf.convert_to_tensor(labels_b)
+  _check_probs_and_labels(logits_a, labels_a, num_classes, "logits_a")
+  _check_probs_and_labels(logits_b, labels_b, num_classes, "logits_b")
+  dtype = _compute_dtype(logits_a, logits_b)
+  log_q_a = _class_mean_log_softmax(logits_a, labels_a, num_classes, temperature, dtype)
+  log_q_b = _class_mean_log_softmax(logits_b, labels_b, num_classes, temperature, dtype)
+  kl_ab = tf.reduce_sum(tf.exp(log_q_a) * (log_q_a - log_q_b), axis=-1)
+  kl_ba = tf.reduce_sum(tf.exp(log_q_b) * (log_q_b - log_q_a), axis=-1)
+  return tf.reduce_mean(0.5 * (kl_ab + kl_ba))
+
+
+def _check_choice(name, value, choices):
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _spatial_size(feat, what) -> Tuple[int, int]:
+  if feat.shape.rank != 4:
+    raise ValueError(f"{what} must be NHWC [B, h, w, channels], got shape {feat.shape}")
+  height, width = feat.shape[1], feat.shape[2]
+  if height is None or width is None:
+    raise ValueError(f"{what} needs a static spatial size, got shape {feat.shape}")
+  return height, width
+
+
+def _pool_factor(large, small, what) -> int:
+  """Integer average-pooling factor taking size `large` (h, w) to `small`."""
+  factor = large[0] // small[0]
+  if large[0] != factor * small[0] or large[1] != factor * small[1]:
+    raise ValueError(f"{what}: feature sizes {large} and {small} differ by a "
+                     "non-integer or anisotropic factor")
+  return factor
+
+
+def _match_sizes(feat_l, feat_k):
+  """Average-pools the larger of the two feature maps to the other's size (REF. s. 2)."""
+  size_l = _spatial_size(feat_l, "feat_l")
+  size_k = _spatial_size(feat_k, "feat_k")
+  if size_k[0] > size_l[0] or size_k[1] > size_l[1]:
+    factor = _pool_factor(size_k, size_l, "csa")
+    feat_k = tf.nn.avg_pool2d(feat_k, factor, factor, "VALID")
+  elif size_l != size_k:
+    factor = _pool_factor(size_l, size_k, "csa")
+    feat_l = tf.nn.avg_pool2d(feat_l, factor, factor, "VALID")
+  return feat_l, feat_k
+
+
+def _inverse_norm(sq_norm):
+  """1 / sqrt(sq_norm), and 0 for (near) zero norms, with finite gradients everywhere.
+
+  The double `where` keeps rsqrt away from 0 in both branches, so the unselected branch
+  cannot produce inf * 0 = NaN gradients.
+  """
+  nonzero = sq_norm > _SQ_NORM_FLOOR
+  safe = tf.where(nonzero, sq_norm, tf.ones_like(sq_norm))
+  return tf.where(nonzero, tf.math.rsqrt(safe), tf.zeros_like(sq_norm))
+
+
+def class_affinity_matrices(feat_l, feat_k, labels, *, num_classes: int,
+                            area_norm: str = "count", class_specific: bool = True):
+  """Batch-pooled class-specific affinity matrices of one modality (paper Eq. 2-3).
+
+  The larger feature map is average-pooled to the smaller one's size and `labels` are
+  resized to that size by nearest neighbour. For class c, channel m of layer l and
+  channel n of layer k give `a_mn = cos(x_m * M_c, y_n * M_c) / S_c`, where each masked
+  channel is one vector over all B*h*w positions of the batch (REFERENCE.md s. 2).
+  All classes are computed at once with dense one-hot masks and one einsum (XLA-friendly).
+
+  Args:
+    feat_l: layer l's features [B, h_l, w_l, M].
+    feat_k: layer k's features [B, h_k, w_k, N].
+    labels: integer class map [B, H, W].
+    num_classes: C, background included.
+    area_norm: S_c = "count" (class-c pixels at the feature resolution, Eq. 3),
+      "fraction" (count / (B*h*w)) or "none" (1).
+    class_specific: False uses one all-ones mask (the "Affinity" baseline).
+
+  Returns:
+    (affinity [K, M, N], present [K] bool) with K = num_classes, or 1 when not
+    class-specific; `present` marks classes with at least one pixel (their affinity is 0).
+
+  Raises:
+    ValueError: bad ranks, non-static or non-integer-ratio spatial sizes, bad area_norm.
+  """
+  _check_choice("area_norm", area_norm, AREA_NORMS)
+  feat_l = tf.convert_to_tensor(feat_l)
+  feat_k = tf.convert_to_tensor(feat_k)
+  labels = tf.convert_to_tensor(labels)
+  if labels.shape.rank != 3:
+    raise ValueError(f"labels must be [B, H, W] class indices, got shape {labels.shape}")
+  dtype = _compute_dtype(feat_l, feat_k)
+  feat_l, feat_k = _match_sizes(tf.cast(feat_l, dtype), tf.cast(feat_k, dtype))
+  height, width = feat_l.shape[1], feat_l.shape[2]
+
+  x = tf.reshape(feat_l, [-1, feat_l.shape[-1]])  # [P, M], P = B*h*w
+  y = tf.reshape(feat_k, [-1, feat_k.shape[-1]])  # [P, N]
+  if not labels.shape[:1].is_compatible_with(feat_l.shape[:1]):
+    raise ValueError(f"labels {labels.shape} and features {feat_l.shape} differ in batch")
+  if class_specific:
+    small_labels = labels
+    if tuple(labels.shape[1:]) != (height, width):
+      # Nearest neighbour (half-pixel centres): a factor-f reduction keeps pixel
+      # f*i + f//2 of each block.
+      small_labels = tf.image.resize(labels[..., None], (height, width),
+                                     method="nearest")[..., 0]
+    masks = tf.one_hot(tf.reshape(small_labels, [-1]), num_classes, dtype=dtype)  # [P, K]
+  else:
+    masks = tf.ones_like(x[:, :1])  # [P, 1]
+
+  # Masks are binary, so <x*M_c, y*M_c> = sum_p M_c(p) x(p) y(p) and the masked squared
+  # norms are sum_p M_c(p) x(p)^2.
+  dots = tf.einsum("pkm,pn->kmn", masks[:, :, None] * x[:, None, :], y)
+  inv_norm_x = _inverse_norm(tf.einsum("pk,pm->km", masks, tf.square(x)))
+  inv_norm_y = _inverse_norm(tf.einsum("pk,pn->kn", masks, tf.square(y)))
+  cosine = dots * inv_norm_x[:, :, None] * inv_norm_y[:, None, :]
+
+  counts = tf.reduce_sum(masks, axis=0)  # [K]
+  present = counts > 0
+  if area_norm == "count":
+    area = counts
+  elif area_norm == "fraction":
+    area = counts / tf.cast(tf.shape(masks)[0], dtype)
+  else:
+    area = tf.ones_like(counts)
+  affinity = tf.math.divide_no_nan(cosine, area[:, None, None])
+  return affinity, present
+
+
+def csa_loss(feat_l_a, feat_k_a, labels_a, feat_l_b, feat_k_b, labels_b, *,
+             num_classes: int, area_norm: str = "count",
+             reduction: str = "mean_then_square", class_specific: bool = True):
+  """Class-specific affinity (CSA) consistency loss between two modalities (paper Eq. 4).
+
+  Each modality's batch gives affinity matrices A_c [M, N] between layers l and k (see
+  `class_affinity_matrices`). Classes absent from either batch are skipped; with C' kept
+  classes the loss is `(1/C') sum_c (mean_mn (A_a,c - A_b,c))^2` ("mean_then_square",
+  Eq. 4 literally) or `(1/C') sum_c mean_mn (A_a,c - A_b,c)^2` ("square_then_mean").
+  0 when no class is kept. Gradients flow into both modalities.
+
+  Args:
+    feat_l_a: modality a's layer-l features [B, h_l, w_l, M].
+    feat_k_a: modality a's layer-k features [B, h_k, w_k, N].
+    labels_a: modality a's integer class map [B, H, W].
+    feat_l_b: modality b's layer-l features [B', h_l', w_l', M] (unpaired).
+    feat_k_b: modality b's layer-k features [B', h_k', w_k', N].
+    labels_b: modality b's integer class map [B', H', W'].
+    num_classes: C, background included.
+    area_norm: "count" (default, Eq. 3), "fraction" or "none"; see
+      `class_affinity_matrices`.
+    reduction: "mean_then_square" (default) or "square_then_mean".
+    class_specific: False gives the non-class-specific "Affinity" baseline.
+
+  Returns:
+    Scalar loss.
+
+  Raises:
+    ValueError: bad area_norm or reduction, bad ranks, channel counts that differ between
+      the modalities, or spatial sizes without an integer ratio.
+  """
+  _check_choice("area_norm", area_norm, AREA_NORMS)
+  _check_choice("reduction", reduction, REDUCTIONS)
+  for name_a, a, name_b, b in (("feat_l_a", feat_l_a, "feat_l_b", feat_l_b),
+                               ("feat_k_a", feat_k_a, "feat_k_b", feat_k_b)):
+    if tf.convert_to_tensor(a).shape[-1] != tf.convert_to_tensor(b).shape[-1]:
+      raise ValueError(f"{name_a} has {a.shape[-1]} channels but {name_b} has "
+                       f"{b.shape[-1]}")
+  feats = [tf.convert_to_tensor(f) for f in (feat_l_a, feat_k_a, feat_l_b, feat_k_b)]
+  dtype = _compute_dtype(*feats)
+  feat_l_a, feat_k_a, feat_l_b, feat_k_b = [tf.cast(f, dtype) for f in feats]
+  kw = dict(num_classes=num_classes, area_norm=area_norm, class_specific=class_specific)
+  affinity_a, present_a = class_affinity_matrices(feat_l_a, feat_k_a, labels_a, **kw)
+  affinity_b, present_b = class_affinity_matrices(feat_l_b, feat_k_b, labels_b, **kw)
+  diff = affinity_a - affinity_b
+  if reduction == "mean_then_square":
+    per_class = tf.square(tf.reduce_mean(diff, axis=(1, 2)))
+  else:
+    per_class = tf.reduce_mean(tf.square(diff), axis=(1, 2))
+  kept = tf.cast(tf.logical_and(present_a, present_b), dtype)
+  return tf.math.divide_no_nan(tf.reduce_sum(kept * per_class), tf.reduce_sum(kept))
+
+
+def csa_pairs_loss(features_a: Mapping[str, tf.Tensor], labels_a,
+                   features_b: Mapping[str, tf.Tensor], labels_b,
+                   pairs: Sequence[Tuple[str, str]] = DEFAULT_CSA_PAIRS, **kwargs):
+  """Mean of `csa_loss` over layer pairs (l, k) ("multiple feature scales", Sec. 1).
+
+  Args:
+    features_a: modality a's feature taps, e.g. from `CsaNet.call_with_features`.
+    labels_a: modality a's integer class map [B, H, W].
+    features_b: modality b's feature taps.
+    labels_b: modality b's integer class map [B', H', W'].
+    pairs: (l name, k name) pairs; DEFAULT_CSA_PAIRS by default.
+    **kwargs: `csa_loss` keywords (num_classes is required).
+
+  Returns:
+    Scalar loss.
+
+  Raises:
+    ValueError: `pairs` is empty or names a tap missing from the features.
+  """
+  pairs = tuple(tuple(pair) for pair in pairs)
+  if not pairs:
+    raise ValueError("csa_pairs_loss needs at least one layer pair")
+  for pair in pairs:
+    for name in pair:
+      if name not in features_a or name not in features_b:
+        raise ValueError(f"feature tap {name!r} of pair {pair} is missing; available: "
+                         f"{sorted(features_a)}")
+  losses = [csa_loss(features_a[l], features_a[k], labels_a,
+                     features_b[l], features_b[k], labels_b, **kwargs)
+            for l, k in pairs]
+  return tf.add_n(losses) / len(losses)
