@@ -22,6 +22,9 @@ setuptools.setup(
         # Pinned: its ASSD definition changed across versions (REFERENCE.md section 6).
         "medpy==0.5.2",
         "absl-py",
+        # tf.summary needs it for the TensorBoard scalars and images; TF 2.21 no longer
+        # installs it.
+        "tensorboard",
         # PNG figures and TensorBoard image summaries (csa_tf.visualize); writing PNGs by
         # hand would be more code than the dependency.
         "matplotlib",

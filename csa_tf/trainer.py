@@ -132,7 +132,8 @@ class Trainer:
         elapsed = time.perf_counter() - window_start
         rate = window_steps / elapsed if elapsed > 0 else float("nan")
         lr = float(schedule(step - 1))
-        self.log(progress_line(step, config.train_steps, last, lr, rate))
+        self.log(progress_line(step, config.train_steps, last, lr, rate,
+                               first=step == start + 1))
         with writer.as_default(step=step):
           for name, value in last.items():
             tf.summary.scalar(f"loss/{name}", value)
@@ -152,13 +153,21 @@ class Trainer:
 
 
 def progress_line(step: int, total_steps: int, terms: Dict[str, float], lr: float,
-                  steps_per_second: float) -> str:
-  eta = (total_steps - step) / steps_per_second if steps_per_second > 0 else float("nan")
+                  steps_per_second: float, *, first: bool = False) -> str:
+  """One progress line: step, every loss term, learning rate, speed and ETA.
+
+  The first step of a run includes tracing the step function, so it reports that time
+  instead of a speed.
+  """
   shown = " ".join(f"{name} {value:.4g}" for name, value in terms.items()
                    if name != "total")
+  if first:
+    speed = f"first step (tracing) {1 / steps_per_second:.1f} s"
+  else:
+    eta = (total_steps - step) / steps_per_second if steps_per_second > 0 else float("nan")
+    speed = f"{steps_per_second:.2f} steps/s | ETA {format_duration(eta)}"
   return (f"step {step}/{total_steps} | loss {terms.get('total', float('nan')):.4f} | "
-          f"{shown} | lr {lr:.2e} | {steps_per_second:.2f} steps/s | "
-          f"ETA {format_duration(eta)}")
+          f"{shown} | lr {lr:.2e} | {speed}")
 
 
 def format_duration(seconds: float) -> str:
