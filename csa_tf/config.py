@@ -77,6 +77,7 @@ class TrainConfig:
   augment: bool = False
   labelled_slices_only: bool = True
   checkpoint_every: int = 500
+  bn_recalibration_batches: int = 20
   keep_checkpoints: int = 3
   log_every: int = 50
   image_summary_every: int = 0
@@ -112,6 +113,9 @@ class TrainConfig:
       raise CsaInputError(f"--lr_decay_rate={self.lr_decay_rate}: must be in (0, 1]")
     if not 0 <= self.dropout_rate < 1:
       raise CsaInputError(f"--dropout_rate={self.dropout_rate}: must be in [0, 1)")
+    if self.bn_recalibration_batches < 0:
+      raise CsaInputError(f"--bn_recalibration_batches={self.bn_recalibration_batches}: "
+                          "must be >= 0")
     if self.image_summary_every < 0:
       raise CsaInputError(f"--image_summary_every={self.image_summary_every}: must be >= 0")
     if len(self.modalities) < 1 or len(set(self.modalities)) != len(self.modalities):

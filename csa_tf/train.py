@@ -55,6 +55,10 @@ def define_flags():
   flags.DEFINE_bool("all_slices", False, "Train on unlabelled slices too (default: only "
                     "slices with some foreground).")
   flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
+  flags.DEFINE_integer("bn_recalibration_batches", 20,
+                       "Training batches per modality on which BN statistics are "
+                       "re-estimated with dropout off before each checkpoint (0: off; "
+                       "see csa_tf/bn_recalibration.py).")
   flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
   flags.DEFINE_integer("log_every", 50, "Steps between progress lines and scalars.")
   flags.DEFINE_integer("image_summary_every", 0,
@@ -120,6 +124,7 @@ def config_from_flags(prepared: PreparedDataset, data_dir: str) -> config_lib.Tr
       deterministic=FLAGS.deterministic, jit_compile=FLAGS.jit_compile,
       mixed_precision=FLAGS.mixed_precision, augment=FLAGS.augment,
       labelled_slices_only=not FLAGS.all_slices, checkpoint_every=FLAGS.checkpoint_every,
+      bn_recalibration_batches=FLAGS.bn_recalibration_batches,
       keep_checkpoints=FLAGS.keep_checkpoints, log_every=FLAGS.log_every,
       image_summary_every=FLAGS.image_summary_every, strategy=FLAGS.strategy,
   ).validate()

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from csa_tf import bn_recalibration
 from csa_tf import config as config_lib
 from csa_tf import data
 from csa_tf import objective
@@ -63,12 +64,16 @@ class Trainer:
     # Built before the first step: lazy building retraces the step (REFERENCE.md §7).
     self.optimizer.build(self.bundle.trainable_variables)
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    # Dropout seed states as direct attributes (not a list: REFERENCE.md §7).
+    rng_states = {f"rng_state_{i}": v
+                  for i, v in enumerate(self.bundle.rng_state_variables)}
     self.checkpoint = tf.train.Checkpoint(step=self.step, optimizer=self.optimizer,
-                                          **self.bundle.checkpoint_items())
+                                          **self.bundle.checkpoint_items(), **rng_states)
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, os.path.join(config.model_dir, CHECKPOINT_SUBDIR),
         max_to_keep=config.keep_checkpoints)
     self._train_step = tf.function(self._step, jit_compile=config.jit_compile)
+    self._recalibration_batches = None
 
   def _step(self, batches):
     with tf.GradientTape() as tape:
@@ -88,7 +93,20 @@ class Trainer:
                f"{int(self.step.numpy())}")
     return int(self.step.numpy())
 
+  def recalibration_batches(self):
+    """The fixed training batches BN statistics are re-estimated on (seeded, cached)."""
+    if self._recalibration_batches is None:
+      count = self.config.bn_recalibration_batches
+      stream = data.unpaired_batches(
+          self.prepared, self.config.modalities, batch_size=self.config.batch_size,
+          seed=self.config.seed + 1, labelled_only=self.config.labelled_slices_only)
+      self._recalibration_batches = list(stream.take(count)) if count else []
+    return self._recalibration_batches
+
   def save(self) -> str:
+    """Re-estimates BN statistics (see bn_recalibration) and writes a checkpoint."""
+    bn_recalibration.recalibrate_batch_norm(self.bundle, self.config,
+                                            self.recalibration_batches())
     return self.manager.save(checkpoint_number=int(self.step.numpy()))
 
   def dataset(self, start_step: int) -> tf.data.Dataset:

@@ -1,0 +1,154 @@
+"""Tests for the training loop: checkpoints, overfitting, determinism, resume."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from csa_tf import config as config_lib
+from csa_tf import objective
+from csa_tf.errors import CsaInputError
+from csa_tf.model_bundle import ModelBundle
+from csa_tf.prepared import PreparedDataset
+from csa_tf.trainer import Trainer
+from data_prep.mscmr import prepare_mscmr
+from tests.conftest import make_mscmr_release
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  root = tmp_path_factory.mktemp("trainer")
+  raw = make_mscmr_release(root / "raw", num_patients=4, modalities=("LGE", "C0", "T2"))
+  prepare_mscmr(raw, str(root / "prep"), modalities=["lge", "bssfp", "t2"], crop_size=32,
+                test_fraction=0.25)
+  return PreparedDataset.open(str(root / "prep"))
+
+
+def make_config(model_dir, **overrides):
+  values = dict(model_dir=str(model_dir), data_dir="unused", dataset="mscmr",
+                num_classes=4, crop_size=32, method="csa", train_steps=4, batch_size=2,
+                feature_base=2, learning_rate=1e-3, log_every=100, checkpoint_every=2,
+                csa_area_norm="fraction")
+  values.update(overrides)
+  return config_lib.TrainConfig(**values).validate()
+
+
+def quiet(_):
+  pass
+
+
+def weights(bundle):
+  return [v.numpy() for net in bundle.unique_networks for v in net.weights]
+
+
+@pytest.mark.parametrize("method", ["single", "csa", "joint"])
+def test_checkpoint_holds_every_weight_and_restores_logits(prepared, tmp_path, method):
+  config = make_config(tmp_path / method, method=method, train_steps=2)
+  trainer = Trainer(config, prepared, log=quiet)
+  trainer.train()
+  # A fresh bundle differs from the trained one in every weight (random kernels, and
+  # BN gammas/betas/moving statistics moved by training), so equality after restore
+  # shows that every weight, each modality's BN included, came from the checkpoint.
+  # (Checking key names is not enough: a variable is stored once, under the first path
+  # that reaches it, which can be the optimizer's.)
+  restored = ModelBundle(config).build()
+  trained = weights(trainer.bundle)
+  assert len(trained) == sum(len(n.weights) for n in restored.unique_networks) > 0
+  for a, b in zip(trained, weights(restored)):
+    assert not np.array_equal(a, b)
+  restored.restore(config.model_dir)
+  for a, b in zip(trained, weights(restored)):
+    np.testing.assert_array_equal(a, b)
+  images = tf.random.normal([2, 32, 32, 1], seed=1)
+  for modality in config.modalities:
+    np.testing.assert_array_equal(trainer.bundle.logits(images, modality).numpy(),
+                                  restored.logits(images, modality).numpy())
+
+
+def _segmentation_loss(terms, modalities):
+  # 1 + Dice is >= 0, so "halves" is meaningful (UMMKD's Dice loss is in [-1, 0]).
+  return sum(1 + terms[f"dice_{m}"] + terms[f"ce_{m}"] for m in modalities)
+
+
+def test_tiny_overfit_halves_the_loss(prepared, tmp_path):
+  config = make_config(tmp_path / "overfit", feature_base=4, batch_size=4,
+                       dropout_rate=0.0)
+  trainer = Trainer(config, prepared, log=quiet)
+  batches = next(iter(trainer.dataset(0)))
+  first = None
+  for _ in range(60):
+    terms = {k: float(v) for k, v in trainer._train_step(batches).items()}
+    first = first if first is not None else _segmentation_loss(terms, config.modalities)
+  last = _segmentation_loss(terms, config.modalities)
+  assert last <= 0.5 * first, (first, last)
+
+
+def test_seeded_runs_with_op_determinism_are_identical(prepared, tmp_path):
+  runs = []
+  for name in ("a", "b"):
+    trainer = Trainer(make_config(tmp_path / name, deterministic=True, train_steps=3),
+                      prepared, log=quiet)
+    trainer.train()
+    runs.append(weights(trainer.bundle))
+  for a, b in zip(*runs):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_resume_equals_uninterrupted(prepared, tmp_path):
+  straight = Trainer(make_config(tmp_path / "straight", deterministic=True, train_steps=4),
+                     prepared, log=quiet)
+  straight.train()
+  Trainer(make_config(tmp_path / "resumed", deterministic=True, train_steps=2), prepared,
+          log=quiet).train()
+  resumed = Trainer(make_config(tmp_path / "resumed", deterministic=True, train_steps=4),
+                    prepared, log=quiet)
+  resumed.train()
+  assert int(resumed.step.numpy()) == 4 and int(resumed.optimizer.iterations.numpy()) == 4
+  for a, b in zip(weights(straight.bundle), weights(resumed.bundle)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_model_dir_of_other_setting_is_refused(prepared, tmp_path):
+  Trainer(make_config(tmp_path / "run", train_steps=1), prepared, log=quiet).train()
+  with pytest.raises(CsaInputError, match="config.json.*method 'csa' -> 'msbn'"):
+    Trainer(make_config(tmp_path / "run", method="msbn", train_steps=2), prepared,
+            log=quiet).train()
+
+
+def test_three_modalities_train_and_share_one_network(prepared, tmp_path):
+  config = make_config(tmp_path / "three", modalities=("lge", "bssfp", "t2"),
+                       train_steps=2)
+  trainer = Trainer(config, prepared, log=quiet)
+  terms = trainer.train()
+  assert len(trainer.bundle.unique_networks) == 1
+  assert {"dice_t2", "ce_t2", "csa"} <= set(terms)
+  assert all(np.isfinite(v) for v in terms.values())
+
+
+def test_step_on_one_modality_leaves_other_bn_statistics(prepared, tmp_path):
+  config = make_config(tmp_path / "bn", method="msbn", modalities=("lge", "bssfp"))
+  bundle = ModelBundle(config).build()
+  net = bundle.networks["lge"]
+  def stats(modality):
+    return [v.numpy().copy() for bn in net.bn_layers() for v in
+            (bn.bn_for(modality).moving_mean, bn.bn_for(modality).moving_variance)]
+  before_bssfp, before_lge = stats("bssfp"), stats("lge")
+  lge_only = config_lib.TrainConfig(**dict(config.to_json(), modalities=("lge",),
+                                           method="single", csa_pairs=()))
+  images = tf.random.normal([2, 32, 32, 1], seed=3)
+  labels = tf.zeros([2, 32, 32], tf.int32)
+  objective.forward(bundle, {"lge": (images, labels)}, lge_only, training=True)
+  for a, b in zip(before_bssfp, stats("bssfp")):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in zip(before_lge, stats("lge")))
+
+
+def test_config_round_trip_and_bad_values(tmp_path):
+  config = make_config(tmp_path)
+  assert config_lib.TrainConfig.from_json(config.to_json()) == config
+  for field, value, flag in (("train_steps", -1, "--train_steps=-1"),
+                             ("method", "fancy", "--method=fancy"),
+                             ("lr_decay_rate", 1.5, "--lr_decay_rate"),
+                             ("modalities", ("lge",), "needs at least two")):
+    with pytest.raises(CsaInputError, match=flag):
+      make_config(tmp_path, **{field: value})
