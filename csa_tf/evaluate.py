@@ -98,7 +98,7 @@ def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str =
   write_json(os.path.join(out_dir, "summary.json" if split == "test"
                           else f"summary_{split}.json"), json_safe(report))
   log(tables.markdown_tables(spec, config.modalities,
-                             {config_lib.METHOD_LABELS[config.method]: summary}))
+                             {config.method: summary}))
   return report
 
 

@@ -7,6 +7,7 @@ The paper's HD values are square roots of integers, i.e. voxel units (REFERENCE.
 import math
 from typing import Dict, List, Mapping, Sequence, Tuple
 
+from csa_tf.config import METHOD_LABELS
 from csa_tf.datasets import DatasetSpec
 
 MODALITY_TITLES = {"lge": "LGE", "bssfp": "bSSFP", "t2": "T2", "ct": "CT", "mr": "MRI"}
@@ -79,10 +80,10 @@ def summary_value(summary: Mapping, modality: str, class_name: str, metric: str)
 
 def markdown_tables(spec: DatasetSpec, modalities: Sequence[str],
                     rows: Dict[str, Mapping], *, paper_rows: bool = False) -> str:
-  """Markdown tables: one row per entry of rows {row label: summary}.
+  """Markdown tables: one row per entry of rows {method key (or any label): summary}.
 
-  With paper_rows, a "(paper)" row with the published value follows each method row
-  whose label is a method key of PAPER.
+  Method keys are shown as the paper's row names (METHOD_LABELS). With paper_rows, a
+  "[paper]" row with the published values follows each method's row.
   """
   out = []
   for groups in table_groups(spec, modalities):
@@ -91,15 +92,16 @@ def markdown_tables(spec: DatasetSpec, modalities: Sequence[str],
       header += [f"{MODALITY_TITLES.get(modality, modality)} {METRIC_TITLES[metric]} {name}"
                  for name in spec.foreground_names]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, summary in rows.items():
+    for key, summary in rows.items():
+      label = METHOD_LABELS.get(key, key)
       cells = [label]
       for metric, modality in groups:
         cells += [_fmt(summary_value(summary, modality, name, metric))
                   for name in spec.foreground_names]
       lines.append("| " + " | ".join(cells) + " |")
-      published = PAPER.get(spec.name, {}).get(label)
+      published = PAPER.get(spec.name, {}).get(key)
       if paper_rows and published:
-        cells = [f"{label} (paper)"]
+        cells = [f"{label} [paper]"]
         for metric, modality in groups:
           values = published.get(modality, {}).get(metric)
           cells += ([_fmt(v) for v in values] if values

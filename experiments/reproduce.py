@@ -116,7 +116,7 @@ def write_outputs(output_dir: str, spec, modalities, summaries, wilcoxon) -> str
   labelled = {m: summaries[m] for m in config_lib.METHOD_ORDER if m in summaries}
   markdown = tables.markdown_tables(spec, modalities, labelled, paper_rows=True)
   lines = [f"# Tables on {output_dir}", "",
-           "Rows are ours; each '(paper)' row is the published value. Dice in %, HD in "
+           "Rows are ours; each '[paper]' row holds the published values. Dice in %, HD in "
            "voxels (paper convention).", "", markdown, "",
            "## Wilcoxon signed-rank test on patient-level Dice (CSA vs each method)", "",
            "| method | modality | patients | CSA mean Dice | method mean Dice | p |",
