@@ -65,6 +65,19 @@ class ModelBundle:
   def conv_kernels(self) -> List[tf.Variable]:
     return [k for net in self.unique_networks for k in net.conv_kernels]
 
+  @property
+  def rng_state_variables(self) -> List[tf.Variable]:
+    """Variables that are not weights: the dropout layers' random seed states.
+
+    Training checkpoints keep them so that a resumed run draws the same dropout masks
+    as an uninterrupted one.
+    """
+    out = []
+    for net in self.unique_networks:
+      weight_ids = {id(w) for w in net.weights}
+      out += [v for v in net.variables if id(v) not in weight_ids]
+    return out
+
   def checkpoint_items(self) -> Dict[str, tf.Module]:
     """Named objects for tf.train.Checkpoint (direct attributes, see REFERENCE.md §7)."""
     if self.config.method_spec.separate_networks:
