@@ -1,11 +1,18 @@
 """User-facing errors and the one-line reporting used by every command-line entry point.
 
 Library code raises `CsaInputError` with a message that names the file or flag and the
-problem. Entry points wrap `main` in `run_main`, which prints that message on one line and
-exits non-zero without a traceback (set CSA_TF_TRACEBACK=1 to see one).
+problem. Entry points run
+
+  app.run(run_main(main), flags_parser=parse_flags)
+
+so that a bad flag value (absl's own parsing), a bad input and a non-finite loss all end
+the same way: one `error: ...` line on stderr, exit status 2, no traceback (set
+CSA_TF_TRACEBACK=1 to see one).
 """
 import os
 import sys
+
+from absl import flags
 
 
 class CsaInputError(Exception):
@@ -27,10 +34,29 @@ def report_and_exit(error: BaseException) -> None:
   raise SystemExit(EXIT_INPUT_ERROR)
 
 
+def parse_flags(argv):
+  """absl `flags_parser` for app.run: parses argv, a bad flag becomes one error line.
+
+  absl's default parser prints two lines ("FATAL Flags parsing error: ..." and a hint)
+  and exits 1; scripts that check for `error:` and exit status 2 would miss those. Help
+  flags (--help, --helpfull) behave as usual.
+
+  Returns:
+    The arguments that are not flags (argv[0] first), as absl's parser does.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    if os.environ.get("CSA_TF_TRACEBACK"):
+      raise
+    report_and_exit(error)
+
+
 def run_main(main):
   """Returns a wrapper of absl `main(argv)` that turns user errors into one line.
 
-  Also turns absl's flag-validation errors into the same one-line form.
+  Pass `flags_parser=parse_flags` to app.run as well, so that flag-parsing errors (an
+  unknown flag, a value outside an enum) are reported the same way.
   """
   def wrapped(argv):
     try:

@@ -19,7 +19,7 @@ from absl import flags
 from csa_tf import config as config_lib
 from csa_tf import metrics
 from csa_tf import tables
-from csa_tf.errors import CsaInputError, run_main
+from csa_tf.errors import CsaInputError, parse_flags, run_main
 from csa_tf.nifti_io import write_atomically
 from csa_tf.prepared import PreparedDataset
 from csa_tf.run_record import write_json
@@ -59,11 +59,12 @@ def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str =
   Raises:
     CsaInputError: model_dir or PREP is missing or does not fit the run.
   """
-  from csa_tf.inference import SliceSegmenter  # pylint: disable=g-import-not-at-top
-  from csa_tf.model_bundle import ModelBundle  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(model_dir)
   prepared = PreparedDataset.open(data_dir or config.data_dir)
   check_compatible(config, prepared)
+  # TensorFlow loads only after the cheap checks, so that they fail fast.
+  from csa_tf.inference import SliceSegmenter  # pylint: disable=g-import-not-at-top
+  from csa_tf.model_bundle import ModelBundle  # pylint: disable=g-import-not-at-top
   bundle = ModelBundle(config)
   checkpoint = bundle.restore(model_dir)
   segmenter = SliceSegmenter(bundle, batch_size=batch_size)
@@ -139,4 +140,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(run_main(main))
+  app.run(run_main(main), flags_parser=parse_flags)

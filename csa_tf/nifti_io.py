@@ -52,6 +52,8 @@ def read_volume(path: str, *, kind: str = "image") -> Volume:
   """
   if kind not in ("image", "label"):
     raise ValueError(f"kind must be 'image' or 'label', got {kind!r}")
+  if os.path.isdir(path):
+    raise CsaInputError(f"{path}: is a folder, expected a NIfTI file")
   if not os.path.isfile(path):
     raise CsaInputError(f"{path}: file not found")
   try:
@@ -61,12 +63,26 @@ def read_volume(path: str, *, kind: str = "image") -> Volume:
     raw = np.asanyarray(img.dataobj)
   except CsaInputError:
     raise
-  except (EOFError, zlib.error, gzip.BadGzipFile) as error:
-    raise CsaInputError(f"{path}: truncated or corrupt gzip data ({error})") from None
-  except nib.filebasedimages.ImageFileError as error:
-    raise CsaInputError(f"{path}: not a NIfTI file ({_first_line(error)})") from None
+  except (EOFError, zlib.error, gzip.BadGzipFile,
+          nib.filebasedimages.ImageFileError) as error:
+    detail = _detail(error, path)
+    if "not a gzip file" in detail:
+      # A .gz name on something else (a CSV, a PNG, an uncompressed .nii).
+      raise CsaInputError(f"{path}: not a NIfTI file (named .gz but not "
+                          "gzip-compressed)") from None
+    if isinstance(error, nib.filebasedimages.ImageFileError):
+      if "Cannot work out file type" in detail:
+        detail = "no readable NIfTI header: another format, or cut short"
+      elif detail.startswith("Empty file"):
+        detail = "empty file"
+      raise CsaInputError(f"{path}: not a NIfTI file ({detail})") from None
+    raise CsaInputError(f"{path}: truncated or corrupt gzip data ({detail})") from None
   except (OSError, ValueError) as error:
-    raise CsaInputError(f"{path}: cannot read NIfTI data ({_first_line(error)})") from None
+    detail = _detail(error, path)
+    if detail.startswith("Expected") and "bytes" in detail:
+      # nibabel's words for an uncompressed file cut short.
+      raise CsaInputError(f"{path}: truncated file ({detail})") from None
+    raise CsaInputError(f"{path}: cannot read NIfTI data ({detail})") from None
   if raw.ndim == 4 and raw.shape[3] == 1:
     raw = raw[..., 0]
   if raw.ndim != 3:
@@ -92,6 +108,22 @@ def read_volume(path: str, *, kind: str = "image") -> Volume:
     data = as_float.astype(np.int32)
   return Volume(data=data, affine=affine, spacing=zooms, header=img.header.copy(),
                 path=path)
+
+
+def check_not_blank(volume: Volume) -> None:
+  """Refuses an image whose voxels all hold one value (a blank or failed export).
+
+  Such a volume has nothing to segment or learn from: per-slice z-scoring turns it into
+  zeros, so preparation would silently train on empty slices and prediction would
+  return a meaningless mask.
+
+  Raises:
+    CsaInputError: naming the file and the value.
+  """
+  data = volume.data
+  if data.size and data.min() == data.max():
+    raise CsaInputError(f"{volume.path}: image is constant (every voxel is "
+                        f"{float(data.flat[0]):g}): a blank scan or a failed export")
 
 
 def write_label_volume(path: str, labels: np.ndarray, *, affine: np.ndarray,
@@ -121,11 +153,31 @@ def write_atomically(path: str, write_fn) -> None:
   os.close(fd)
   try:
     write_fn(tmp)
+    # mkstemp makes the file owner-only (0600); give the result the permissions a plain
+    # open() would (or those of the file it replaces).
+    os.chmod(tmp, _mode_for(path))
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def _mode_for(path: str) -> int:
+  try:
+    return os.stat(path).st_mode & 0o777
+  except OSError:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _detail(error: BaseException, path: str) -> str:
+  """The error's first line without the path, which the message already starts with."""
+  text = _first_line(error)
+  for quoted in (f"'{path}'", f'"{path}"', path):
+    text = text.replace(quoted, "the file")
+  return text
 
 
 def _first_line(error: BaseException) -> str:

@@ -22,8 +22,8 @@ from absl import flags
 
 from csa_tf import config as config_lib
 from csa_tf import datasets
-from csa_tf.errors import CsaInputError, run_main
-from csa_tf.nifti_io import read_volume, write_label_volume
+from csa_tf.errors import CsaInputError, parse_flags, run_main
+from csa_tf.nifti_io import check_not_blank, read_volume, write_label_volume
 from csa_tf.slicing import (VolumeGeometry, header_ornt, slice_axis_ornt,
                             zscore_slices)
 
@@ -67,7 +67,9 @@ def input_output_pairs(input_path: str, output_path: str,
       overwrite.
   """
   if os.path.isdir(input_path):
-    names = sorted(n for n in os.listdir(input_path) if n.endswith(_NIFTI_SUFFIXES))
+    # Hidden files are skipped: among them the temporary files of an interrupted write.
+    names = sorted(n for n in os.listdir(input_path)
+                   if n.endswith(_NIFTI_SUFFIXES) and not n.startswith("."))
     if not names:
       raise CsaInputError(f"{input_path}: no .nii or .nii.gz files in the input folder")
     if os.path.isfile(output_path):
@@ -95,16 +97,23 @@ def predict_files(model_dir: str, modality: str, input_path: str, output_path: s
                   batch_size: int = 16, log: Callable[[str], None] = print) -> List[str]:
   """Segments each input volume and writes label volumes; returns the written paths.
 
+  Every input is checked, and the model restored, before the first output is written:
+  a bad file among many leaves no outputs, not some.
+
   Raises:
     CsaInputError: bad model dir, unknown modality, bad input files or existing outputs.
   """
-  from csa_tf.inference import SliceSegmenter  # pylint: disable=g-import-not-at-top
-  from csa_tf.model_bundle import ModelBundle  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(model_dir)
   if modality not in config.modalities:
     raise CsaInputError(f"--modality={modality}: the run in {model_dir} was trained on "
                         f"{', '.join(config.modalities)}")
   pairs = input_output_pairs(input_path, output_path, overwrite)
+  for source, _ in pairs:
+    # Read twice (here and below) rather than held: volumes can be hundreds of MB.
+    check_not_blank(read_volume(source, kind="image"))
+  # TensorFlow loads only after the cheap checks, so that they fail fast.
+  from csa_tf.inference import SliceSegmenter  # pylint: disable=g-import-not-at-top
+  from csa_tf.model_bundle import ModelBundle  # pylint: disable=g-import-not-at-top
   spec = datasets.get_spec(config.dataset)
   raw_values = np.array((0,) + spec.label_values, dtype=np.int16)
   bundle = ModelBundle(config)
@@ -143,4 +152,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(run_main(main))
+  app.run(run_main(main), flags_parser=parse_flags)

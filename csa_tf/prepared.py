@@ -12,6 +12,7 @@ Each .npz is read with allow_pickle=False; strings are stored as 0-d unicode arr
 import dataclasses
 import json
 import os
+import zipfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -85,18 +86,19 @@ def load_volume(path: str) -> PreparedVolume:
   Raises:
     CsaInputError: the file is missing or is not a prepared volume.
   """
-  try:
-    with np.load(path, allow_pickle=False) as npz:
-      arrays = {key: npz[key] for key in npz.files}
-  except FileNotFoundError:
-    raise CsaInputError(f"{path}: prepared volume not found") from None
-  except (OSError, ValueError, EOFError) as error:
-    raise CsaInputError(f"{path}: not a readable prepared volume ({error})") from None
+  arrays = read_npz(path, what="prepared volume")
   required = ("patient_id", "modality", "image", "label", "original_shape", "ornt",
               "crop_origin", "crop_size", "spacing", "affine")
   missing = [key for key in required if key not in arrays]
   if missing:
     raise CsaInputError(f"{path}: not a prepared volume (missing {', '.join(missing)})")
+  image, label = arrays["image"], arrays["label"]
+  if (image.ndim != 3 or image.shape != label.shape
+      or not np.issubdtype(image.dtype, np.floating)
+      or not np.issubdtype(label.dtype, np.integer)):
+    raise CsaInputError(f"{path}: not a prepared volume (image {image.dtype} "
+                        f"{image.shape}, label {label.dtype} {label.shape}; expected "
+                        "float slices and integer labels of one [S, H, W] shape)")
   geometry = VolumeGeometry(
       original_shape=tuple(int(v) for v in arrays["original_shape"]),
       ornt=arrays["ornt"],
@@ -113,6 +115,42 @@ def load_volume(path: str) -> PreparedVolume:
       affine=arrays["affine"],
       source=str(arrays.get("source", "")),
   )
+
+
+def read_npz(path: str, *, what: str = "npz file") -> Dict[str, np.ndarray]:
+  """Reads every array of an .npz without unpickling anything.
+
+  An .npz may hold pickled Python objects, and unpickling runs code chosen by whoever
+  wrote the file, so object arrays are refused, never loaded (allow_pickle=False).
+
+  Args:
+    path: the file.
+    what: what the file should be, for messages ("prepared volume").
+
+  Raises:
+    CsaInputError: the file is missing, unreadable, or holds an object array.
+  """
+  try:
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+      raise CsaInputError(f"{path}: not a {what} (a single .npy array, not an .npz)")
+    with loaded as npz:
+      return {key: npz[key] for key in npz.files}
+  except CsaInputError:
+    raise
+  except FileNotFoundError:
+    raise CsaInputError(f"{path}: {what} not found") from None
+  except ValueError as error:
+    if "Object arrays" in str(error):
+      raise CsaInputError(f"{path}: holds a pickled Python object array; csa_tf never "
+                          f"loads pickles, so this is not a {what} it can read") from None
+    if "allow_pickle" in str(error):
+      # Neither .npz nor .npy: numpy's last guess would be a pickle.
+      raise CsaInputError(f"{path}: not a {what} (not an .npz archive; csa_tf never "
+                          "loads pickles)") from None
+    raise CsaInputError(f"{path}: not a readable {what} ({error})") from None
+  except (OSError, EOFError, zipfile.BadZipFile) as error:
+    raise CsaInputError(f"{path}: not a readable {what} ({error})") from None
 
 
 @dataclasses.dataclass(frozen=True)

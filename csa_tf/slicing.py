@@ -161,5 +161,11 @@ def zscore_slices(slices: np.ndarray, eps: float = 1e-6) -> np.ndarray:
   slices = slices.astype(np.float32)
   mean = slices.mean(axis=(1, 2), keepdims=True)
   std = slices.std(axis=(1, 2), keepdims=True)
-  safe_std = np.where(std > eps, std, 1.0)
-  return np.where(std > eps, (slices - mean) / safe_std, 0.0).astype(np.float32)
+  # Constancy is tested exactly: float32 rounding of a constant slice's mean can leave
+  # a std of one ulp of the value (2.4e-4 for a slice of 3000.7), which would turn the
+  # slice into all +1 or -1 instead of zeros.
+  varies = (slices.max(axis=(1, 2), keepdims=True)
+            > slices.min(axis=(1, 2), keepdims=True))
+  spread = varies & (std > eps)
+  safe_std = np.where(spread, std, 1.0)
+  return np.where(spread, (slices - mean) / safe_std, 0.0).astype(np.float32)

@@ -18,7 +18,7 @@ from absl import app
 from absl import flags
 
 from csa_tf import datasets
-from csa_tf.errors import CsaInputError, run_main
+from csa_tf.errors import CsaInputError, parse_flags, run_main
 from csa_tf.nifti_io import read_volume
 from csa_tf.slicing import header_ornt
 from data_prep import discovery
@@ -113,4 +113,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(run_main(main))
+  app.run(run_main(main), flags_parser=parse_flags)

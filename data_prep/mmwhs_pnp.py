@@ -40,6 +40,7 @@ Labels 1..4 are csa_tf's MM-WHS classes (datasets.MMWHS: LVM, LAC, LVC, AA).
 """
 import os
 import re
+import zipfile
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -49,7 +50,7 @@ from absl import flags
 
 from csa_tf import datasets
 from csa_tf import prepared
-from csa_tf.errors import CsaInputError, run_main
+from csa_tf.errors import CsaInputError, parse_flags, run_main
 from csa_tf.slicing import VolumeGeometry, slice_axis_ornt, zscore_slices
 from data_prep import preparation
 
@@ -299,7 +300,11 @@ def read_test_npz(path: str) -> Tuple[np.ndarray, np.ndarray]:
       finite, or labels outside 0..5.
   """
   try:
-    with np.load(path, allow_pickle=False) as npz:
+    npz = np.load(path, allow_pickle=False)
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+      raise CsaInputError(f"{path}: not a release test volume (a single .npy array, not "
+                          "an .npz with arr_0 image and arr_1 label)")
+    with npz:
       missing = [key for key in ("arr_0", "arr_1") if key not in npz.files]
       if missing:
         raise CsaInputError(f"{path}: not a release test volume (missing "
@@ -307,7 +312,11 @@ def read_test_npz(path: str) -> Tuple[np.ndarray, np.ndarray]:
       image, label = npz["arr_0"], npz["arr_1"]
   except CsaInputError:
     raise
-  except (OSError, ValueError, EOFError) as error:
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    if "Object arrays" in str(error):
+      # Unpickling runs code chosen by whoever wrote the file: never done.
+      raise CsaInputError(f"{path}: holds a pickled Python object array; csa_tf never "
+                          "loads pickles, so this is not a release test volume") from None
     raise CsaInputError(f"{path}: not a readable npz file "
                         f"({_first_line(str(error))})") from None
   for name, array in (("arr_0", image), ("arr_1", label)):
@@ -470,4 +479,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(run_main(main))
+  app.run(run_main(main), flags_parser=parse_flags)

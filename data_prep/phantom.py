@@ -49,7 +49,7 @@ import numpy as np
 from scipy import ndimage
 
 from csa_tf import datasets
-from csa_tf.errors import CsaInputError, run_main
+from csa_tf.errors import CsaInputError, parse_flags, run_main
 
 FLAGS = flags.FLAGS
 
@@ -1234,4 +1234,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(run_main(main))
+  app.run(run_main(main), flags_parser=parse_flags)

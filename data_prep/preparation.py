@@ -12,7 +12,7 @@ import csa_tf
 from csa_tf import prepared
 from csa_tf.datasets import DatasetSpec
 from csa_tf.errors import CsaInputError
-from csa_tf.nifti_io import Volume
+from csa_tf.nifti_io import Volume, check_not_blank
 from csa_tf.slicing import VolumeGeometry, enclosing_crop_origin, zscore_slices
 
 
@@ -52,13 +52,22 @@ def prepare_volume(image: Volume, label: Volume, *, spec: DatasetSpec, modality:
     (volume, fits): fits is False when the annotation is wider than the crop box.
 
   Raises:
-    CsaInputError: shapes differ, or the label holds unknown values.
+    CsaInputError: shapes differ, the image is constant, the label holds unknown values
+      or none of the dataset's classes.
   """
   if image.data.shape != label.data.shape:
     raise CsaInputError(
         f"{label.path}: label shape {label.data.shape} does not match image "
         f"{os.path.basename(image.path)} shape {image.data.shape}")
+  check_not_blank(image)
   classes = map_labels(label.data, spec, label.path)
+  if not classes.any():
+    # The crop box is centred on the annotation, and evaluation scores it: a volume
+    # without one is a wrong or empty label file, not a heart without structures.
+    names = ", ".join(f"{name} ({value})" for name, value in
+                      zip(spec.foreground_names, spec.label_values))
+    raise CsaInputError(f"{label.path}: label volume has no foreground (no voxel of "
+                        f"{names}); fix the label or move the pair out of --raw_dir")
   probe = VolumeGeometry(tuple(image.data.shape), ornt, (0, 0), crop_size)
   standard_labels = probe.to_standard(classes)
   origin, fits = enclosing_crop_origin(standard_labels, crop_size)
@@ -97,6 +106,12 @@ class PrepWriter:
     self._not_fitting: List[str] = []
     self._check_output_dir()
     parent = os.path.dirname(self.output_dir)
+    # The folders made here, innermost first: abort removes them again (when empty).
+    self._made_dirs = []
+    missing = parent
+    while not os.path.isdir(missing):
+      self._made_dirs.append(missing)
+      missing = os.path.dirname(missing)
     os.makedirs(parent, exist_ok=True)
     self.tmp_dir = tempfile.mkdtemp(prefix=".tmp-prep-", dir=parent)
 
@@ -159,7 +174,13 @@ class PrepWriter:
     return summary
 
   def abort(self) -> None:
+    """Removes everything this writer made: a failed preparation leaves no trace."""
     shutil.rmtree(self.tmp_dir, ignore_errors=True)
+    for folder in self._made_dirs:
+      try:
+        os.rmdir(folder)
+      except OSError:
+        break  # Not empty: something else lives there now.
 
 
 def summary_text(spec: DatasetSpec, entries: List[dict], splits: Dict[str, List[str]],

@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from scipy import stats
 from csa_tf import config as config_lib
 from csa_tf import datasets
 from csa_tf import tables
-from csa_tf.errors import CsaInputError, run_main
+from csa_tf.errors import CsaInputError, parse_flags, run_main
 from csa_tf.nifti_io import write_atomically
 
 FLAGS = flags.FLAGS
@@ -49,8 +50,21 @@ def define_flags():
                             "(repeatable), e.g. --train_flag=--feature_base=8.")
 
 
+class CommandFailed(CsaInputError):
+  """A csa_tf command run by reproduce failed; `last_line` is its last output line."""
+
+  def __init__(self, message: str, last_line: str):
+    super().__init__(message)
+    self.last_line = last_line
+
+
 def run_logged(command: List[str], log_path: str) -> None:
-  """Runs a command, teeing its output to log_path; raises CsaInputError if it fails."""
+  """Runs a command, teeing its output to log_path.
+
+  Raises:
+    CommandFailed: the command exited non-zero; names the log and the command's last
+      output line (its own `error: ...` line when it refused its input).
+  """
   with open(log_path, "a", encoding="utf-8") as log:
     log.write("$ " + " ".join(command) + "\n")
     log.flush()
@@ -64,7 +78,8 @@ def run_logged(command: List[str], log_path: str) -> None:
         print("    " + line.rstrip(), flush=True)
       last = line.strip() or last
     if process.wait():
-      raise CsaInputError(f"{log_path}: `{' '.join(command[2:4])}` failed: {last}")
+      last = last[len("error: "):] if last.startswith("error: ") else last
+      raise CommandFailed(f"{log_path}: `{' '.join(command[2:4])}` failed: {last}", last)
 
 
 def method_done(run_dir: str, train_steps: int) -> bool:
@@ -165,11 +180,14 @@ def reproduce(dataset: str, data_dir: str, output_dir: str, *, methods: List[str
                           f"{', '.join(config_lib.METHOD_ORDER)}")
   if not os.path.isfile(flagfile):
     raise CsaInputError(f"{flagfile}: training flagfile not found")
+  new_dirs = [d for d in (output_dir, os.path.join(output_dir, "runs"))
+              if not os.path.isdir(d)]
   os.makedirs(output_dir, exist_ok=True)
   summaries, dice = {}, {}
   modalities = None
   for method in methods:
     run_dir = os.path.join(output_dir, "runs", method)
+    fresh = not os.path.isdir(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     train_command = [sys.executable, "-m", "csa_tf.train", f"--flagfile={flagfile}",
                      f"--data_dir={data_dir}", f"--model_dir={run_dir}",
@@ -183,7 +201,16 @@ def reproduce(dataset: str, data_dir: str, output_dir: str, *, methods: List[str
     else:
       print(f"== {method}: training in {run_dir}", flush=True)
       log_path = os.path.join(run_dir, "reproduce.log")
-      run_logged(train_command, log_path)
+      try:
+        run_logged(train_command, log_path)
+      except CommandFailed as error:
+        if fresh and not os.path.isfile(os.path.join(run_dir, config_lib.CONFIG_FILE)):
+          # Training refused to start (a bad --train_flag, say): leave no folder that
+          # holds only this log; the error line already says why.
+          _remove_new_run(run_dir, new_dirs)
+          raise CsaInputError(f"csa_tf.train refused to start --method={method}: "
+                              f"{error.last_line}") from None
+        raise
       run_logged([sys.executable, "-m", "csa_tf.evaluate", f"--model_dir={run_dir}",
                   f"--data_dir={data_dir}"], log_path)
       print(f"== {method}: done in {time.perf_counter() - start:.0f} s", flush=True)
@@ -195,6 +222,16 @@ def reproduce(dataset: str, data_dir: str, output_dir: str, *, methods: List[str
   text = write_outputs(output_dir, spec, modalities, summaries, wilcoxon_rows(dice))
   print(text)
   return text
+
+
+def _remove_new_run(run_dir: str, new_dirs: List[str]) -> None:
+  """Removes a run folder this invocation made, and the parents it made if now empty."""
+  shutil.rmtree(run_dir, ignore_errors=True)
+  for folder in reversed(new_dirs):
+    try:
+      os.rmdir(folder)  # Only when empty: other methods' runs stay.
+    except OSError:
+      break
 
 
 def main(argv):
@@ -213,4 +250,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(run_main(main))
+  app.run(run_main(main), flags_parser=parse_flags)
