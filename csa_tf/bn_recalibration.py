@@ -61,8 +61,12 @@ def recalibrate_batch_norm(bundle: ModelBundle, config: TrainConfig,
       n.momentum = 0.0
     for d in drops:
       d.rate = 0.0
-    # A new function, traced with the attributes above (tf.function bakes them in).
-    forward = tf.function(lambda b: objective.forward(bundle, b, config, training=True))
+    # Traced once per bundle with the attributes above, which tf.function bakes into the
+    # graph; later calls reuse it instead of retracing at every checkpoint.
+    forward = getattr(bundle, "_recalibration_forward", None)
+    if forward is None:
+      forward = tf.function(lambda b: objective.forward(bundle, b, config, training=True))
+      bundle._recalibration_forward = forward  # pylint: disable=protected-access
     for element in batches:
       forward(element)
       for total, n in zip(sums, norms):
