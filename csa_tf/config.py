@@ -80,7 +80,9 @@ class TrainConfig:
   bn_recalibration_batches: int = 20
   keep_checkpoints: int = 3
   log_every: int = 50
+  # TensorBoard images every this many steps (0: never); see csa_tf/summary_images.py.
   image_summary_every: int = 0
+  # tf.distribute: "default" (one device), "mirrored" (local GPUs), "multi_worker".
   strategy: str = "default"
 
   @property
@@ -137,6 +139,10 @@ class TrainConfig:
     if self.strategy not in ("default", "mirrored", "multi_worker"):
       raise CsaInputError(f"--strategy={self.strategy}: expected default, mirrored or "
                           "multi_worker")
+    if self.jit_compile and self.strategy != "default":
+      # Not built or tested: XLA would have to compile the replica function with its
+      # all-reduces inside.
+      raise CsaInputError(f"--jit_compile is not supported with --strategy={self.strategy}")
     if self.method_spec.extra_loss in ("csa", "affinity") and not self.csa_pairs:
       raise CsaInputError("--csa_pairs: at least one layer pair is needed")
     return self

@@ -4,10 +4,20 @@ Pure functions of tensors (MONAI style). Shapes are NHWC: `probs`/`logits` [B, H
 integer label maps [B, H, W], features [B, h, w, channels]. Every loss returns a scalar
 computed in float32 (float16/bfloat16 inputs are cast up; float64 inputs stay float64 so
 that gradients can be checked numerically). Forms and decisions: REFERENCE.md section 2.
+
+Every batch-dependent loss is a function of sums over the batch (Dice's overlaps, CE's
+class counts, KD's class prototypes, the affinities' dot products and norms). Their
+`batch_sum` argument is applied to each of those sums, so a caller running on several
+replicas can all-reduce them and get the loss of the global batch exactly.
 """
-from typing import Mapping, Sequence, Tuple
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
+
+# Applied to every sum over the batch before a loss is formed from it; a cross-replica
+# all-reduce under tf.distribute makes each loss that of the global batch (see
+# csa_tf/distribution.py). None: the sums of this call's batch only.
+BatchSum = Optional[Callable[[tf.Tensor], tf.Tensor]]
 
 AREA_NORMS = ("count", "fraction", "none")
 REDUCTIONS = ("mean_then_square", "square_then_mean")
@@ -44,7 +54,7 @@ def _check_probs_and_labels(values, labels, num_classes, what):
     raise ValueError(f"{what} {values.shape} and labels {labels.shape} differ in B, H, W")
 
 
-def dice_loss(probs, labels, *, num_classes: int):
+def dice_loss(probs, labels, *, num_classes: int, batch_sum: BatchSum = None):
   """UMMKD's multi-class soft Dice loss, background included.
 
   `-(1/C) sum_c 2 sum(p_c g_c) / (sum(p_c^2) + sum(g_c) + 1e-7)`, sums over batch and
@@ -54,6 +64,7 @@ def dice_loss(probs, labels, *, num_classes: int):
     probs: softmax probabilities [B, H, W, C].
     labels: integer class map [B, H, W].
     num_classes: C.
+    batch_sum: applied to the batch sums (e.g. a cross-replica all-reduce); None: none.
 
   Returns:
     Scalar loss.
@@ -69,11 +80,14 @@ def dice_loss(probs, labels, *, num_classes: int):
   onehot = tf.one_hot(labels, num_classes, dtype=dtype)
   intersection = tf.reduce_sum(probs * onehot, axis=(0, 1, 2))
   denominator = (tf.reduce_sum(tf.square(probs), axis=(0, 1, 2))
-                 + tf.reduce_sum(onehot, axis=(0, 1, 2)) + _DICE_EPS)
+                 + tf.reduce_sum(onehot, axis=(0, 1, 2)))
+  if batch_sum is not None:
+    intersection, denominator = batch_sum(intersection), batch_sum(denominator)
+  denominator += _DICE_EPS
   return -tf.reduce_mean(2.0 * intersection / denominator)
 
 
-def weighted_ce_loss(probs, labels, *, num_classes: int):
+def weighted_ce_loss(probs, labels, *, num_classes: int, batch_sum: BatchSum = None):
   """UMMKD's class-weighted cross-entropy on probabilities.
 
   Per-batch weights `w_c = 1 - sum(g_c) / sum(g)`, loss
@@ -83,6 +97,7 @@ def weighted_ce_loss(probs, labels, *, num_classes: int):
     probs: softmax probabilities [B, H, W, C].
     labels: integer class map [B, H, W].
     num_classes: C.
+    batch_sum: applied to the batch sums (e.g. a cross-replica all-reduce); None: none.
 
   Returns:
     Scalar loss.
@@ -97,9 +112,15 @@ def weighted_ce_loss(probs, labels, *, num_classes: int):
   probs = tf.cast(probs, dtype)
   onehot = tf.one_hot(labels, num_classes, dtype=dtype)
   class_pixels = tf.reduce_sum(onehot, axis=(0, 1, 2))
+  if batch_sum is not None:
+    class_pixels = batch_sum(class_pixels)
   weights = 1.0 - class_pixels / tf.reduce_sum(class_pixels)
   log_probs = tf.math.log(tf.clip_by_value(probs, _CE_CLIP_MIN, 1.0))
-  return tf.reduce_mean(tf.reduce_sum(-weights * onehot * log_probs, axis=-1))
+  per_pixel = tf.reduce_sum(-weights * onehot * log_probs, axis=-1)
+  if batch_sum is None:
+    return tf.reduce_mean(per_pixel)
+  # The mean over the global batch's pixels: the class counts sum to that pixel count.
+  return batch_sum(tf.reduce_sum(per_pixel)) / tf.reduce_sum(class_pixels)
 
 
 def l2_loss(kernels: Sequence[tf.Variable], *, weight: float = 1e-4):
@@ -123,19 +144,22 @@ def l2_loss(kernels: Sequence[tf.Variable], *, weight: float = 1e-4):
   return tf.cast(weight, dtype) * total
 
 
-def _class_mean_log_softmax(logits, labels, num_classes, temperature, dtype):
+def _class_mean_log_softmax(logits, labels, num_classes, temperature, dtype,
+                            batch_sum=None):
   """log softmax(zbar_c / T) [C, C] of each class's mean logit vector over the batch."""
   logits = tf.cast(logits, dtype)
   onehot = tf.one_hot(labels, num_classes, dtype=dtype)
   # zbar[c, :] = sum_p g_c(p) z(p) / (sum_p g_c(p) + 1e-6).
   summed = tf.einsum("bhwc,bhwk->ck", onehot, logits)
   counts = tf.reduce_sum(onehot, axis=(0, 1, 2))
+  if batch_sum is not None:
+    summed, counts = batch_sum(summed), batch_sum(counts)
   zbar = summed / (counts[:, None] + _KD_EPS)
   return tf.nn.log_softmax(zbar / temperature, axis=-1)
 
 
 def kd_loss(logits_a, labels_a, logits_b, labels_b, *, num_classes: int,
-            temperature: float = 2.0):
+            temperature: float = 2.0, batch_sum: BatchSum = None):
   """UMMKD's knowledge-distillation loss between two modalities' class prototypes.
 
   For each class c and modality, the mean logit vector over every class-c pixel of the
@@ -151,6 +175,7 @@ def kd_loss(logits_a, labels_a, logits_b, labels_b, *, num_classes: int,
     labels_b: modality b's integer class map [B', H', W'].
     num_classes: C.
     temperature: softmax temperature T.
+    batch_sum: applied to the batch sums (e.g. a cross-replica all-reduce); None: none.
 
   Returns:
     Scalar loss.
@@ -165,8 +190,10 @@ def kd_loss(logits_a, labels_a, logits_b, labels_b, *, num_classes: int,
   _check_probs_and_labels(logits_a, labels_a, num_classes, "logits_a")
   _check_probs_and_labels(logits_b, labels_b, num_classes, "logits_b")
   dtype = _compute_dtype(logits_a, logits_b)
-  log_q_a = _class_mean_log_softmax(logits_a, labels_a, num_classes, temperature, dtype)
-  log_q_b = _class_mean_log_softmax(logits_b, labels_b, num_classes, temperature, dtype)
+  log_q_a = _class_mean_log_softmax(logits_a, labels_a, num_classes, temperature, dtype,
+                                    batch_sum)
+  log_q_b = _class_mean_log_softmax(logits_b, labels_b, num_classes, temperature, dtype,
+                                    batch_sum)
   kl_ab = tf.reduce_sum(tf.exp(log_q_a) * (log_q_a - log_q_b), axis=-1)
   kl_ba = tf.reduce_sum(tf.exp(log_q_b) * (log_q_b - log_q_a), axis=-1)
   return tf.reduce_mean(0.5 * (kl_ab + kl_ba))
@@ -220,7 +247,8 @@ def _inverse_norm(sq_norm):
 
 
 def class_affinity_matrices(feat_l, feat_k, labels, *, num_classes: int,
-                            area_norm: str = "count", class_specific: bool = True):
+                            area_norm: str = "count", class_specific: bool = True,
+                            batch_sum: BatchSum = None):
   """Batch-pooled class-specific affinity matrices of one modality (paper Eq. 2-3).
 
   The larger feature map is average-pooled to the smaller one's size and `labels` are
@@ -237,6 +265,8 @@ def class_affinity_matrices(feat_l, feat_k, labels, *, num_classes: int,
     area_norm: S_c = "count" (class-c pixels at the feature resolution, Eq. 3),
       "fraction" (count / (B*h*w)) or "none" (1).
     class_specific: False uses one all-ones mask (the "Affinity" baseline).
+    batch_sum: applied to the batch sums (dot products, squared norms, pixel counts),
+      e.g. a cross-replica all-reduce; None: none.
 
   Returns:
     (affinity [K, M, N], present [K] bool) with K = num_classes, or 1 when not
@@ -273,16 +303,22 @@ def class_affinity_matrices(feat_l, feat_k, labels, *, num_classes: int,
   # Masks are binary, so <x*M_c, y*M_c> = sum_p M_c(p) x(p) y(p) and the masked squared
   # norms are sum_p M_c(p) x(p)^2.
   dots = tf.einsum("pkm,pn->kmn", masks[:, :, None] * x[:, None, :], y)
-  inv_norm_x = _inverse_norm(tf.einsum("pk,pm->km", masks, tf.square(x)))
-  inv_norm_y = _inverse_norm(tf.einsum("pk,pn->kn", masks, tf.square(y)))
+  sq_norm_x = tf.einsum("pk,pm->km", masks, tf.square(x))
+  sq_norm_y = tf.einsum("pk,pn->kn", masks, tf.square(y))
+  counts = tf.reduce_sum(masks, axis=0)  # [K]
+  positions = tf.cast(tf.shape(masks)[0], dtype)
+  if batch_sum is not None:
+    dots, sq_norm_x, sq_norm_y = batch_sum(dots), batch_sum(sq_norm_x), batch_sum(sq_norm_y)
+    counts, positions = batch_sum(counts), batch_sum(positions)
+  inv_norm_x = _inverse_norm(sq_norm_x)
+  inv_norm_y = _inverse_norm(sq_norm_y)
   cosine = dots * inv_norm_x[:, :, None] * inv_norm_y[:, None, :]
 
-  counts = tf.reduce_sum(masks, axis=0)  # [K]
   present = counts > 0
   if area_norm == "count":
     area = counts
   elif area_norm == "fraction":
-    area = counts / tf.cast(tf.shape(masks)[0], dtype)
+    area = counts / positions
   else:
     area = tf.ones_like(counts)
   affinity = tf.math.divide_no_nan(cosine, area[:, None, None])
@@ -291,7 +327,8 @@ def class_affinity_matrices(feat_l, feat_k, labels, *, num_classes: int,
 
 def csa_loss(feat_l_a, feat_k_a, labels_a, feat_l_b, feat_k_b, labels_b, *,
              num_classes: int, area_norm: str = "count",
-             reduction: str = "mean_then_square", class_specific: bool = True):
+             reduction: str = "mean_then_square", class_specific: bool = True,
+             batch_sum: BatchSum = None):
   """Class-specific affinity (CSA) consistency loss between two modalities (paper Eq. 4).
 
   Each modality's batch gives affinity matrices A_c [M, N] between layers l and k (see
@@ -312,6 +349,7 @@ def csa_loss(feat_l_a, feat_k_a, labels_a, feat_l_b, feat_k_b, labels_b, *,
       `class_affinity_matrices`.
     reduction: "mean_then_square" (default) or "square_then_mean".
     class_specific: False gives the non-class-specific "Affinity" baseline.
+    batch_sum: see `class_affinity_matrices`.
 
   Returns:
     Scalar loss.
@@ -330,7 +368,8 @@ def csa_loss(feat_l_a, feat_k_a, labels_a, feat_l_b, feat_k_b, labels_b, *,
   feats = [tf.convert_to_tensor(f) for f in (feat_l_a, feat_k_a, feat_l_b, feat_k_b)]
   dtype = _compute_dtype(*feats)
   feat_l_a, feat_k_a, feat_l_b, feat_k_b = [tf.cast(f, dtype) for f in feats]
-  kw = dict(num_classes=num_classes, area_norm=area_norm, class_specific=class_specific)
+  kw = dict(num_classes=num_classes, area_norm=area_norm, class_specific=class_specific,
+            batch_sum=batch_sum)
   affinity_a, present_a = class_affinity_matrices(feat_l_a, feat_k_a, labels_a, **kw)
   affinity_b, present_b = class_affinity_matrices(feat_l_b, feat_k_b, labels_b, **kw)
   diff = affinity_a - affinity_b

@@ -7,6 +7,7 @@ evaluation, prediction, figures and export all build the networks through `Model
 import os
 from typing import Dict, List, Optional
 
+import keras
 import tensorflow as tf
 
 from csa_tf.config import TrainConfig
@@ -15,19 +16,43 @@ from csa_tf.model.csa_net import CsaNet
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
+# --mixed_precision -> Keras dtype policy: float32 variables, half-precision compute.
+DTYPE_POLICIES = {"off": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
 
 class ModelBundle:
   """The networks of a run, keyed by modality.
+
+  Variables are always float32, so a checkpoint restores into any bundle of the run:
+  training builds it with the run's mixed precision and synchronised BN; evaluation,
+  figures and export build the default (float32 compute, per-device BN).
+
+  Args:
+    config: the run's config.
+    mixed_precision: "off", "bf16" or "fp16" (compute dtype of the networks). The policy
+      is given to the networks rather than set globally, so that one process can hold
+      float32 and mixed-precision bundles side by side.
+    synchronized_bn: BatchNorm batch statistics all-reduced across tf.distribute
+      replicas (see csa_tf/distribution.py); off on a single device, where Keras'
+      synchronised moments would only change the rounding.
 
   Attributes:
     networks: modality -> CsaNet (the same object for every modality unless "single").
   """
 
-  def __init__(self, config: TrainConfig):
+  def __init__(self, config: TrainConfig, *, mixed_precision: str = "off",
+               synchronized_bn: bool = False):
     self.config = config
+    self.synchronized_bn = synchronized_bn
+    if mixed_precision not in DTYPE_POLICIES:
+      raise CsaInputError(f"--mixed_precision={mixed_precision}: expected one of "
+                          f"{', '.join(DTYPE_POLICIES)}")
+    policy = DTYPE_POLICIES[mixed_precision]
     spec = config.method_spec
     kwargs = dict(feature_base=config.feature_base, in_channels=config.in_channels,
                   dropout_rate=config.dropout_rate)
+    if policy is not None:
+      kwargs["dtype"] = keras.DTypePolicy(policy)
     if spec.separate_networks:
       self.networks: Dict[str, CsaNet] = {
           m: CsaNet(config.num_classes, [m], name=f"csa_net_{m}", **kwargs)
@@ -54,6 +79,13 @@ class ModelBundle:
       dummy = tf.zeros([1, size, size, self.config.in_channels])
       for modality, net in self.networks.items():
         net(dummy, modality=modality, training=False)
+      if self.synchronized_bn:
+        # A run-time property of the BN layers (read when a step is traced), not part
+        # of the architecture: checkpoints and exported models do not depend on it.
+        for net in self.unique_networks:
+          for layer in net._flatten_layers(include_self=False):  # pylint: disable=protected-access
+            if isinstance(layer, keras.layers.BatchNormalization):
+              layer.synchronized = True
       self._built = True
     return self
 

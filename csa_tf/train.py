@@ -10,6 +10,7 @@ import os
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from csa_tf import config as config_lib
 from csa_tf import datasets
@@ -50,7 +51,8 @@ def define_flags():
   flags.DEFINE_bool("deterministic", False, "Enable TF op determinism (slower).")
   flags.DEFINE_bool("jit_compile", False, "Compile the training step with XLA.")
   flags.DEFINE_enum("mixed_precision", "off", ["off", "bf16", "fp16"],
-                    "Mixed precision compute (losses stay float32).")
+                    "Mixed precision: bfloat16 or float16 compute (fp16 with dynamic "
+                    "loss scaling); variables and losses stay float32.")
   flags.DEFINE_bool("augment", False, "Random flips and intensity jitter (not in the paper).")
   flags.DEFINE_bool("all_slices", False, "Train on unlabelled slices too (default: only "
                     "slices with some foreground).")
@@ -62,9 +64,12 @@ def define_flags():
   flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
   flags.DEFINE_integer("log_every", 50, "Steps between progress lines and scalars.")
   flags.DEFINE_integer("image_summary_every", 0,
-                       "Steps between TensorBoard image summaries (0: never).")
+                       "Steps between TensorBoard image summaries: segmentation overlays "
+                       "and the first CSA pair's affinity matrices (0: never).")
   flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"],
-                    "tf.distribute strategy.")
+                    "tf.distribute strategy: default (one device), mirrored (all local "
+                    "GPUs), multi_worker (cluster from TF_CONFIG). --batch_size is the "
+                    "global batch per modality, split over the replicas.")
   flags.DEFINE_enum("dataset", "mscmr", ["mscmr", "mmwhs"],
                     "Phantom dataset layout when no --data_dir is given.")
   flags.DEFINE_integer("phantom_patients", 8, "Phantom patients when no --data_dir.")
@@ -135,6 +140,13 @@ def main(argv):
     raise CsaInputError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.model_dir:
     raise CsaInputError("--model_dir is required")
+  # First: MultiWorkerMirroredStrategy must exist before any other TensorFlow operation.
+  strategy = None
+  if FLAGS.strategy != "default":
+    from csa_tf import distribution  # pylint: disable=g-import-not-at-top
+    strategy = distribution.make_strategy(FLAGS.strategy)
+    # tf.distribute logs every all-reduce it builds at INFO; keep the progress readable.
+    logging.set_verbosity(logging.WARNING)
   for name in ("train_steps", "batch_size", "feature_base", "phantom_patients"):
     if FLAGS[name].value < 1:
       raise CsaInputError(f"--{name}={FLAGS[name].value}: must be a positive integer")
@@ -147,7 +159,7 @@ def main(argv):
   prepared = PreparedDataset.open(data_dir)
   config = config_from_flags(prepared, data_dir)
   from csa_tf import trainer  # pylint: disable=g-import-not-at-top
-  trainer.Trainer(config, prepared).train()
+  trainer.Trainer(config, prepared, strategy=strategy).train()
 
 
 if __name__ == "__main__":

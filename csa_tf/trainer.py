@@ -1,10 +1,18 @@
 """The unpaired training loop: one batch per modality per step, Eq. 5, Adam, checkpoints.
 
 A run lives in `model_dir`: checkpoints/ (model, optimizer, step; resumed automatically),
-config.json and versions.json (the debug record), train/ (TensorBoard events).
+config.json and versions.json (the debug record), train/ (TensorBoard events: scalars,
+and images every --image_summary_every steps).
+
+With --strategy=mirrored or multi_worker the step runs on every replica on its share of
+each modality's batch, with the losses and BN statistics of the global batch (see
+csa_tf/distribution.py); with --mixed_precision the networks compute in bfloat16 or
+float16 while variables and losses stay float32.
 """
+import contextlib
 import json
 import os
+import shutil
 import time
 from typing import Callable, Dict, Optional
 
@@ -15,11 +23,16 @@ import tensorflow as tf
 from csa_tf import bn_recalibration
 from csa_tf import config as config_lib
 from csa_tf import data
+from csa_tf import distribution
 from csa_tf import objective
 from csa_tf import run_record
+from csa_tf import summary_images
 from csa_tf.errors import CsaInputError, NonFiniteLossError
 from csa_tf.model_bundle import CHECKPOINT_SUBDIR, ModelBundle
 from csa_tf.prepared import PreparedDataset
+
+# The step function's output key for image summary tensors (absent when they are off).
+IMAGES_KEY = "_images"
 
 
 def learning_rate_schedule(config: config_lib.TrainConfig):
@@ -46,51 +59,140 @@ def check_model_dir(model_dir: str, config: config_lib.TrainConfig) -> None:
   if differing:
     raise CsaInputError(f"{path}: this model dir was trained with other settings "
                         f"({'; '.join(differing)}); use a new --model_dir")
+  # fp16 wraps the optimizer in a loss scaler, whose checkpoint the other settings (and
+  # vice versa) cannot restore; off and bf16 share one.
+  was_fp16 = previous.get("mixed_precision") == "fp16"
+  if was_fp16 != (config.mixed_precision == "fp16"):
+    raise CsaInputError(f"{path}: this model dir was trained with --mixed_precision="
+                        f"{previous.get('mixed_precision')}; resuming with "
+                        f"--mixed_precision={config.mixed_precision} cannot restore its "
+                        "optimizer (fp16 adds a loss scale); use a new --model_dir")
 
 
 class Trainer:
-  """Trains the networks of one setting on a prepared dataset."""
+  """Trains the networks of one setting on a prepared dataset.
+
+  Args:
+    config: the run's config.
+    prepared: the opened PREP folder.
+    log: where progress lines go.
+    strategy: a tf.distribute strategy; default: `distribution.make_strategy` of
+      config.strategy (MultiWorkerMirroredStrategy must exist before any other TF
+      operation, so `csa_tf.train` creates it first and passes it in).
+
+  Raises:
+    CsaInputError: the batch size does not split evenly over the replicas.
+  """
 
   def __init__(self, config: config_lib.TrainConfig, prepared: PreparedDataset, *,
-               log: Callable[[str], None] = print):
+               log: Callable[[str], None] = print,
+               strategy: Optional[tf.distribute.Strategy] = None):
     self.config = config
     self.prepared = prepared
-    self.log = log
+    self.distributed = config.strategy != "default"
+    self.strategy = strategy or distribution.make_strategy(config.strategy)
+    self.num_replicas = self.strategy.num_replicas_in_sync
+    distribution.check_batch_size(config.batch_size, self.num_replicas)
+    self.chief = distribution.is_chief(self.strategy)
+    if self.chief:
+      self.log = log
+    else:
+      prefix = f"[worker {distribution.worker_id(self.strategy)}] "
+      self.log = lambda message: log(prefix + message)
     if config.deterministic:
       tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    self.bundle = ModelBundle(config).build()
-    self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate_schedule(config))
-    # Built before the first step: lazy building retraces the step (REFERENCE.md §7).
-    self.optimizer.build(self.bundle.trainable_variables)
-    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    with self._scope():
+      self.bundle = ModelBundle(config, mixed_precision=config.mixed_precision,
+                                synchronized_bn=self.distributed).build()
+      optimizer = keras.optimizers.Adam(learning_rate=learning_rate_schedule(config))
+      if config.mixed_precision == "fp16":
+        # float16 gradients underflow without loss scaling; Keras 3's optimizer wrapper
+        # scales dynamically (scale_loss() in the step, unscaling in apply_gradients).
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+      self.optimizer = optimizer
+      # Built before the first step: lazy building retraces the step (REFERENCE.md §7).
+      self.optimizer.build(self.bundle.trainable_variables)
+      self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     # Dropout seed states as direct attributes (not a list: REFERENCE.md §7).
     rng_states = {f"rng_state_{i}": v
                   for i, v in enumerate(self.bundle.rng_state_variables)}
     self.checkpoint = tf.train.Checkpoint(step=self.step, optimizer=self.optimizer,
                                           **self.bundle.checkpoint_items(), **rng_states)
+    # Every worker saves (saving may need all of them), but only the chief into
+    # model_dir; the others into a folder of their own that is removed at the end.
+    self.output_dir = (distribution.non_chief_dir(config.model_dir, self.strategy)
+                       or config.model_dir)
     self.manager = tf.train.CheckpointManager(
-        self.checkpoint, os.path.join(config.model_dir, CHECKPOINT_SUBDIR),
+        self.checkpoint, os.path.join(self.output_dir, CHECKPOINT_SUBDIR),
         max_to_keep=config.keep_checkpoints)
-    self._train_step = tf.function(self._step, jit_compile=config.jit_compile)
+    self._with_images = config.image_summary_every > 0
+    if self.distributed:
+      self._train_step = tf.function(self._distributed_step)
+    else:
+      self._train_step = tf.function(self._step, jit_compile=config.jit_compile)
     self._recalibration_batches = None
 
-  def _step(self, batches):
+  def _scope(self):
+    return self.strategy.scope() if self.distributed else contextlib.nullcontext()
+
+  def replica_gradients(self, batches):
+    """Gradients and loss terms of one replica's share of a step (or the whole step).
+
+    On R > 1 replicas the losses are those of the global batch (batch sums all-reduced,
+    see csa_tf/distribution.py) and the gradients are those of loss / R, so that their
+    sum over replicas, which the optimizer applies, is the global batch's gradient.
+
+    Returns:
+      (gradients, terms, images): gradients of `bundle.trainable_variables` (scaled by
+      the loss scale under fp16), the loss terms with "total", and the image summary
+      tensors of `summary_images.step_outputs` (None when image summaries are off).
+    """
+    batch_sum = distribution.replica_sum if self.distributed else None
     with tf.GradientTape() as tape:
-      total, terms = objective.compute_losses(self.bundle, batches, self.config,
-                                              training=True)
-    variables = self.bundle.trainable_variables
-    gradients = tape.gradient(total, variables)
-    self.optimizer.apply_gradients(zip(gradients, variables))
-    terms = dict(terms, total=total)
+      logits, features = objective.forward(self.bundle, batches, self.config,
+                                           training=True, with_features=self._with_images)
+      total, terms = objective.losses_from_outputs(self.bundle, batches, logits, features,
+                                                   self.config, batch_sum=batch_sum)
+      loss = total / self.num_replicas if self.num_replicas > 1 else total
+      if self.config.mixed_precision == "fp16":
+        loss = self.optimizer.scale_loss(loss)
+    gradients = tape.gradient(loss, self.bundle.trainable_variables)
+    images = None
+    if self._with_images:
+      images = summary_images.step_outputs(batches, logits, features, self.config,
+                                           batch_sum=batch_sum)
+    return gradients, dict(terms, total=total), images
+
+  def _step(self, batches):
+    gradients, terms, images = self.replica_gradients(batches)
+    self.optimizer.apply_gradients(zip(gradients, self.bundle.trainable_variables))
+    if images is not None:
+      terms[IMAGES_KEY] = images
+    return terms
+
+  def _distributed_step(self, per_replica_batches):
+    outputs = self.strategy.run(self._step, args=(per_replica_batches,))
+    images = outputs.pop(IMAGES_KEY, None)
+    # Every replica holds the same (global) loss values; the mean is that value.
+    terms = {name: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
+             for name, value in outputs.items()}
+    if images is not None:
+      # Replica 0 holds the first slices of the global batch; the affinities are global.
+      terms[IMAGES_KEY] = distribution.first_replica(self.strategy, images)
     return terms
 
   def restore_latest(self) -> int:
-    """Restores the latest checkpoint if there is one; returns the step reached."""
-    if self.manager.latest_checkpoint:
-      self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-      self.log(f"resumed from {self.manager.latest_checkpoint} at step "
-               f"{int(self.step.numpy())}")
+    """Restores the latest checkpoint if there is one; returns the step reached.
+
+    Every worker resumes from the chief's checkpoints in model_dir (a folder all workers
+    must see).
+    """
+    latest = tf.train.latest_checkpoint(
+        os.path.join(self.config.model_dir, CHECKPOINT_SUBDIR))
+    if latest:
+      self.checkpoint.restore(latest).assert_existing_objects_matched()
+      self.log(f"resumed from {latest} at step {int(self.step.numpy())}")
     return int(self.step.numpy())
 
   def recalibration_batches(self):
@@ -105,11 +207,17 @@ class Trainer:
 
   def save(self) -> str:
     """Re-estimates BN statistics (see bn_recalibration) and writes a checkpoint."""
-    bn_recalibration.recalibrate_batch_norm(self.bundle, self.config,
-                                            self.recalibration_batches())
+    # Under a strategy, in its cross-replica context: every worker re-estimates the
+    # same statistics from the same batches on its own (synchronised BN falls back to
+    # local moments outside a replica context), and assigning them updates every copy.
+    # The batches' data variables must not become distributed: made outside the scope.
+    batches = self.recalibration_batches()
+    with self._scope():
+      bn_recalibration.recalibrate_batch_norm(self.bundle, self.config, batches)
     return self.manager.save(checkpoint_number=int(self.step.numpy()))
 
   def dataset(self, start_step: int) -> tf.data.Dataset:
+    """Global batches {modality: (images, labels)} from step start_step on."""
     return data.unpaired_batches(
         self.prepared, self.config.modalities, batch_size=self.config.batch_size,
         seed=self.config.seed, start_step=start_step, augment=self.config.augment,
@@ -123,21 +231,36 @@ class Trainer:
     """
     config = self.config
     check_model_dir(config.model_dir, config)
-    run_record.write_run_record(config.model_dir, config)
+    run_record.write_run_record(self.output_dir, config)
     start = self.restore_latest()
     if start >= config.train_steps:
       self.log(f"already trained to step {start} (--train_steps={config.train_steps}); "
                "nothing to do")
       return {}
-    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
+    if self.chief:
+      writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
+    else:
+      writer = tf.summary.create_noop_writer()
     schedule = learning_rate_schedule(config)
     last: Dict[str, float] = {}
     window_start, window_steps = time.perf_counter(), 0
     run_start = time.perf_counter()
+    placement = ""
+    if self.distributed:
+      placement = (f", {self.num_replicas} replicas of "
+                   f"{config.batch_size // self.num_replicas} ({config.strategy})")
+    precision = "" if config.mixed_precision == "off" else f", {config.mixed_precision}"
     self.log(f"training {config.method} on {','.join(config.modalities)} from step {start} "
-             f"to {config.train_steps} (batch {config.batch_size} per modality)")
-    for batches in self.dataset(start).take(config.train_steps - start):
+             f"to {config.train_steps} (batch {config.batch_size} per modality"
+             f"{placement}{precision})")
+    batches_stream = self.dataset(start).take(config.train_steps - start)
+    if self.distributed:
+      local_stream = batches_stream
+      batches_stream = distribution.distribute_global_batches(
+          self.strategy, lambda: local_stream, global_batch_size=config.batch_size)
+    for batches in batches_stream:
       terms = self._train_step(batches)
+      images = terms.pop(IMAGES_KEY, None)
       step = int(self.step.assign_add(1).numpy())
       last = {name: float(value) for name, value in terms.items()}
       bad = [name for name, value in last.items() if not np.isfinite(value)]
@@ -159,14 +282,20 @@ class Trainer:
           tf.summary.scalar("steps_per_second", rate)
         writer.flush()
         window_start, window_steps = time.perf_counter(), 0
+      if images is not None and step % config.image_summary_every == 0:
+        with writer.as_default(step=step):
+          summary_images.write_image_summaries(images, config)
+        writer.flush()
       if step % config.checkpoint_every == 0 and step < config.train_steps:
         self.save()
     path = self.save()
     writer.close()
     self.log(f"finished step {int(self.step.numpy())} in "
              f"{format_duration(time.perf_counter() - run_start)}; checkpoint {path}")
-    run_record.write_json(os.path.join(config.model_dir, "final_losses.json"),
+    run_record.write_json(os.path.join(self.output_dir, "final_losses.json"),
                           dict(step=int(self.step.numpy()), **last))
+    if not self.chief:
+      shutil.rmtree(self.output_dir, ignore_errors=True)
     return last
 
 

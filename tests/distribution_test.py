@@ -1,0 +1,123 @@
+"""Tests for tf.distribute training: shards, a 2-replica step, two workers on loopback."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from csa_tf import distribution
+from csa_tf.errors import CsaInputError
+from data_prep.mscmr import prepare_mscmr
+from tests.conftest import make_mscmr_release
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def prep_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("distribution")
+  raw = make_mscmr_release(root / "raw", num_patients=4, modalities=("LGE", "C0"))
+  prepare_mscmr(raw, str(root / "prep"), modalities=["lge", "bssfp"], crop_size=32,
+                test_fraction=0.25)
+  return str(root / "prep")
+
+
+def _environment(**extra):
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **extra)
+
+
+def test_shards_of_each_pipeline_cover_its_replicas_in_order():
+  steps = tf.data.Dataset.range(3).map(
+      lambda s: {"lge": (tf.fill([8, 2], s) * 100 + tf.range(8, dtype=tf.int64)[:, None],
+                         tf.zeros([8], tf.int64))})
+  # 4 replicas over 2 workers; worker 1 serves replicas 2 and 3.
+  context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
+                                       num_replicas_in_sync=4)
+  shards = [e["lge"][0].numpy()[:, 0] for e in distribution.shard_global_batches(
+      steps, global_batch_size=8, input_context=context)]
+  assert [list(s) for s in shards] == [[4, 5], [6, 7], [104, 105], [106, 107],
+                                       [204, 205], [206, 207]]
+
+
+def test_batch_size_must_split_over_replicas():
+  assert distribution.check_batch_size(8, 4) == 2
+  with pytest.raises(CsaInputError, match="--batch_size=6.*multiple of the 4 replicas"):
+    distribution.check_batch_size(6, 4)
+  with pytest.raises(CsaInputError, match="TF_CONFIG"):
+    old = os.environ.pop("TF_CONFIG", None)
+    try:
+      distribution.make_strategy("multi_worker")
+    finally:
+      if old is not None:
+        os.environ["TF_CONFIG"] = old
+
+
+def test_mirrored_step_on_two_devices_equals_single_device_step(prep_dir, tmp_path):
+  # A subprocess: the CPU is split into two logical devices before TF initialises.
+  result = subprocess.run(
+      [sys.executable, "-m", "tests.distribution_check", f"--prep_dir={prep_dir}",
+       f"--model_dir={tmp_path}", "--method=csa"],
+      capture_output=True, text=True, cwd=ROOT, env=_environment(), timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  check = json.loads(result.stdout.strip().splitlines()[-1])
+  assert check["replicas"] == 2 and check["shard_sizes"] == [2, 2]
+  assert check["shards_equal_global_batch"]
+  assert {"dice_lge", "ce_bssfp", "csa", "l2", "total"} <= set(check["terms"])
+  # float64 networks: equal up to rounding (see tests/distribution_check.py).
+  assert check["max_term_difference"] < 1e-10, check
+  assert check["gradients_compared"] > 100
+  assert check["max_gradient_difference"] < 1e-9, check
+  assert check["max_optimizer_state_difference"] < 1e-9, check
+  assert check["max_bn_statistics_difference"] < 1e-9, check
+  assert check["max_weight_difference"] < 1e-9, check
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def test_two_workers_on_loopback_train_and_checkpoint(prep_dir, tmp_path):
+  model_dir = tmp_path / "run"
+  workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+  processes = []
+  for index in range(2):
+    tf_config = json.dumps({"cluster": {"worker": workers},
+                            "task": {"type": "worker", "index": index}})
+    processes.append(subprocess.Popen(
+        [sys.executable, "-m", "csa_tf.train", f"--data_dir={prep_dir}",
+         f"--model_dir={model_dir}", "--strategy=multi_worker", "--feature_base=2",
+         "--batch_size=4", "--train_steps=2", "--log_every=1", "--checkpoint_every=1",
+         "--bn_recalibration_batches=1", "--image_summary_every=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env=_environment(TF_CONFIG=tf_config)))
+  outputs = []
+  try:
+    for process in processes:
+      stdout, stderr = process.communicate(timeout=540)
+      outputs.append(stdout)
+      assert process.returncode == 0, stdout[-2000:] + stderr[-3000:]
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  chief, worker = outputs
+  assert "2 replicas of 2 (multi_worker)" in chief and "finished step 2" in chief
+  assert "[worker 1] finished step 2" in worker
+  # Both workers computed the same global losses.
+  loss_lines = [[line.split("|")[1] for line in out.splitlines() if "step 2/2" in line]
+                for out in outputs]
+  assert loss_lines[0] and loss_lines[0] == loss_lines[1]
+  assert (model_dir / "checkpoints" / "ckpt-2.index").exists()
+  assert not (model_dir / ".worker_1").exists()
+  final = json.load(open(model_dir / "final_losses.json"))
+  assert final["step"] == 2 and np.isfinite(final["total"])
