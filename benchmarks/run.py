@@ -36,21 +36,30 @@ FLAGS = flags.FLAGS
 def define_flags():
   """Defines this command's flags (only when run as a command, never on import)."""
   flags.DEFINE_bool("full", False, "Paper sizes (feature_base 16, 224 crops).")
-  flags.DEFINE_integer("steps", 20, "Timed steps per configuration (after warm-up).")
+  flags.DEFINE_integer("steps", 10, "Timed steps per configuration and round (3 rounds, "
+                       "alternating configurations, after warm-up).")
   flags.DEFINE_integer("warmup", 3, "Untimed steps per configuration.")
   flags.DEFINE_string("output", None, "Also write a Markdown report here.")
   flags.DEFINE_list("only", [], "Measure only these figures (names as printed).")
 
 
-def _median_step_seconds(step: Callable[[], None], steps: int, warmup: int) -> float:
-  for _ in range(warmup):
-    step()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+ROUNDS = 3
+
+
+def _interleaved_seconds(runners: Dict[str, Callable[[int], float]], steps: int,
+                         warmup: int) -> Dict[str, float]:
+  """Median seconds per step of each runner, measured in alternating rounds.
+
+  Each runner(n) runs n steps and returns the seconds they took. Alternating the
+  configurations round by round keeps a change in machine load from favouring one.
+  """
+  for run in runners.values():
+    run(max(warmup, 1))
+  per_step = {name: [] for name in runners}
+  for _ in range(ROUNDS):
+    for name, run in runners.items():
+      per_step[name].append(run(steps) / steps)
+  return {name: statistics.median(times) for name, times in per_step.items()}
 
 
 class Workbench:
@@ -80,29 +89,36 @@ class Workbench:
     values.update(overrides)
     return config_lib.TrainConfig(**values).validate()
 
-  def step_seconds(self, config, steps: int, warmup: int) -> float:
-    """Median seconds of one training step on fixed, pre-fetched batches."""
+  def step_runner(self, config) -> Callable[[int], float]:
+    """runner(n): seconds of n training steps on fixed, pre-fetched batches."""
     from csa_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
     trainer = Trainer(config, self.prepared, log=lambda _: None)
     batches = next(iter(trainer.dataset(0)))
-    def step():
-      terms = trainer._train_step(batches)  # pylint: disable=protected-access
-      float(terms["total"])  # wait for the result
-    return _median_step_seconds(step, steps, warmup)
+    def run(n):
+      start = time.perf_counter()
+      for _ in range(n):
+        terms = trainer._train_step(batches)  # pylint: disable=protected-access
+      float(terms["total"])  # wait for the last step
+      return time.perf_counter() - start
+    return run
 
 
 def csa_overhead_ratio(bench: Workbench, steps: int, warmup: int) -> Dict[str, float]:
-  msbn = bench.step_seconds(bench.config("msbn", method="msbn"), steps, warmup)
-  csa = bench.step_seconds(bench.config("csa", method="csa"), steps, warmup)
-  return {"csa_overhead_ratio": csa / msbn, "msbn_step_seconds": msbn,
-          "csa_step_seconds": csa}
+  seconds = _interleaved_seconds(
+      {"msbn": bench.step_runner(bench.config("msbn", method="msbn")),
+       "csa": bench.step_runner(bench.config("csa", method="csa"))}, steps, warmup)
+  return {"csa_overhead_ratio": seconds["csa"] / seconds["msbn"],
+          "msbn_step_seconds": seconds["msbn"], "csa_step_seconds": seconds["csa"]}
 
 
 def xla_speedup(bench: Workbench, steps: int, warmup: int) -> Dict[str, float]:
-  plain = bench.step_seconds(bench.config("plain", method="csa"), steps, warmup)
-  xla = bench.step_seconds(bench.config("xla", method="csa", jit_compile=True), steps,
-                           warmup)
-  return {"xla_speedup": plain / xla, "csa_xla_step_seconds": xla}
+  seconds = _interleaved_seconds(
+      {"plain": bench.step_runner(bench.config("plain", method="csa")),
+       "xla": bench.step_runner(bench.config("xla", method="csa", jit_compile=True))},
+      steps, warmup)
+  return {"xla_speedup": seconds["plain"] / seconds["xla"],
+          "csa_plain_step_seconds": seconds["plain"],
+          "csa_xla_step_seconds": seconds["xla"]}
 
 
 def loop_vs_fit_ratio(bench: Workbench, steps: int, warmup: int) -> Dict[str, float]:
@@ -112,7 +128,6 @@ def loop_vs_fit_ratio(bench: Workbench, steps: int, warmup: int) -> Dict[str, fl
   from csa_tf import losses  # pylint: disable=g-import-not-at-top
   from csa_tf.model.csa_net import CsaNet  # pylint: disable=g-import-not-at-top
   config = bench.config("loop", method="single", modalities=("lge",))
-  loop = bench.step_seconds(config, steps, warmup)
 
   keras.utils.set_random_seed(0)
   net = CsaNet(4, ["lge"], feature_base=config.feature_base)
@@ -144,12 +159,14 @@ def loop_vs_fit_ratio(bench: Workbench, steps: int, warmup: int) -> Dict[str, fl
   # Whole fit() calls are timed: Keras 3 calls batch callbacks without waiting for the
   # step to finish, so per-batch callback timings would measure dispatch only. The
   # returned history holds Python floats, so fit() has finished all steps when it returns.
-  model.fit(dataset, epochs=1, steps_per_epoch=max(warmup, 1), verbose=0)
-  start = time.perf_counter()
-  model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
-  fit = (time.perf_counter() - start) / steps
-  return {"loop_vs_fit_ratio": loop / fit, "loop_step_seconds": loop,
-          "fit_step_seconds": fit}
+  def fit_run(n):
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=n, verbose=0)
+    return time.perf_counter() - start
+  seconds = _interleaved_seconds({"loop": bench.step_runner(config), "fit": fit_run},
+                                 steps, warmup)
+  return {"loop_vs_fit_ratio": seconds["loop"] / seconds["fit"],
+          "loop_step_seconds": seconds["loop"], "fit_step_seconds": seconds["fit"]}
 
 
 def input_headroom(bench: Workbench, steps: int, warmup: int) -> Dict[str, float]:
@@ -164,7 +181,8 @@ def input_headroom(bench: Workbench, steps: int, warmup: int) -> Dict[str, float
   for _ in range(count):
     next(iterator)
   pipeline_rate = count / (time.perf_counter() - start)
-  step_rate = 1.0 / bench.step_seconds(config, steps, warmup)
+  step_rate = 1.0 / _interleaved_seconds({"step": bench.step_runner(config)}, steps,
+                                         warmup)["step"]
   return {"input_headroom": pipeline_rate / step_rate,
           "pipeline_batches_per_second": pipeline_rate,
           "train_steps_per_second": step_rate}
@@ -251,8 +269,12 @@ def main(argv):
       print(f"  {name}: {value:.4g}")
   if FLAGS.output:
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:])
-    with open(FLAGS.output, "w", encoding="utf-8") as f:
-      f.write(markdown_report(results, command, FLAGS.full))
+    report = markdown_report(results, command, FLAGS.full)
+    def write(tmp):
+      with open(tmp, "w", encoding="utf-8") as f:
+        f.write(report)
+    from csa_tf.nifti_io import write_atomically  # pylint: disable=g-import-not-at-top
+    write_atomically(FLAGS.output, write)
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
   print(f"  benchmark_process_peak_rss_mb: {peak:.0f}")
 

@@ -22,7 +22,7 @@ class Volume:
   """A 3D NIfTI volume as read from disk.
 
   Attributes:
-    data: the voxel array [X, Y, Z] (float32 for images, int32 for labels).
+    data: the voxel array [X, Y, Z] (float32 for images, an integer type for labels).
     affine: the 4x4 voxel-to-world (RAS mm) matrix.
     spacing: voxel size in mm per array axis, from the header zooms.
     header: the NIfTI header, kept so that predictions can be written with it.
@@ -40,8 +40,8 @@ def read_volume(path: str, *, kind: str = "image") -> Volume:
 
   Args:
     path: a .nii or .nii.gz file.
-    kind: "image" (returned as float32, must be finite) or "label" (returned as int32,
-      must hold whole numbers).
+    kind: "image" (returned as float32, must be finite) or "label" (returned in the
+      file's integer type, or int32 when stored as floats, which must be whole numbers).
 
   Returns:
     The volume. A 4D volume whose 4th axis has length 1 is squeezed to 3D.
@@ -60,7 +60,9 @@ def read_volume(path: str, *, kind: str = "image") -> Volume:
     img = nib.load(path)
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
       raise CsaInputError(f"{path}: not a NIfTI file ({type(img).__name__})")
-    raw = np.asanyarray(img.dataobj)
+    # Images straight to float32 (nibabel applies any scl_slope in float32): a CT-sized
+    # volume never exists as float64. Labels keep the file's integer type.
+    raw = np.asanyarray(img.dataobj, dtype=np.float32 if kind == "image" else None)
   except CsaInputError:
     raise
   except (EOFError, zlib.error, gzip.BadGzipFile,
@@ -96,16 +98,16 @@ def read_volume(path: str, *, kind: str = "image") -> Volume:
   if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
     raise CsaInputError(f"{path}: invalid (singular or non-finite) affine in the header")
   if kind == "image":
-    data = np.asarray(raw, dtype=np.float32)
-    bad = ~np.isfinite(data)
-    if bad.any():
-      raise CsaInputError(
-          f"{path}: {int(bad.sum())} non-finite (NaN/Inf) voxels in the image")
+    data = raw
+    if not np.isfinite(data).all():
+      bad = int(np.count_nonzero(~np.isfinite(data)))
+      raise CsaInputError(f"{path}: {bad} non-finite (NaN/Inf) voxels in the image")
+  elif np.issubdtype(raw.dtype, np.integer):
+    data = raw
   else:
-    as_float = np.asarray(raw, dtype=np.float64)
-    if not np.all(np.isfinite(as_float)) or np.any(as_float != np.round(as_float)):
+    if not np.isfinite(raw).all() or np.any(raw != np.round(raw)):
       raise CsaInputError(f"{path}: label volume holds non-integer or non-finite values")
-    data = as_float.astype(np.int32)
+    data = raw.astype(np.int32)
   return Volume(data=data, affine=affine, spacing=zooms, header=img.header.copy(),
                 path=path)
 

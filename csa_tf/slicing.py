@@ -43,8 +43,12 @@ class VolumeGeometry:
     return tuple(shape)
 
   def to_standard(self, volume: np.ndarray) -> np.ndarray:
-    """Reorients an original-grid array to [slice, row, col]."""
-    return np.ascontiguousarray(orientations.apply_orientation(volume, self.ornt))
+    """Reorients an original-grid array to [slice, row, col].
+
+    Returns a view where the reorientation is a transpose/flip (always, for the
+    orientations used here), so cropping a CT-sized volume copies only the crop.
+    """
+    return orientations.apply_orientation(volume, self.ornt)
 
   def crop(self, standard: np.ndarray, pad_value=0) -> np.ndarray:
     """Cuts the crop box out of every slice of a standard array [S, H, W]."""
