@@ -135,6 +135,8 @@ class ModelBundle:
     try:
       checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
+      # TF's message goes on to print variable values; the first sentence says enough.
+      detail = str(error).splitlines()[0].split(". Showing")[0][:300]
       raise CsaInputError(f"{path}: checkpoint does not match this run's networks "
-                          f"({str(error).splitlines()[0]})") from None
+                          f"({detail})") from None
     return path

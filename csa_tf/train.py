@@ -14,7 +14,7 @@ from absl import logging
 
 from csa_tf import config as config_lib
 from csa_tf import datasets
-from csa_tf.errors import CsaInputError, run_main
+from csa_tf.errors import CsaInputError, parse_flags, run_main
 from csa_tf.prepared import PreparedDataset
 
 FLAGS = flags.FLAGS
@@ -105,19 +105,29 @@ def prepare_phantom_data(model_dir: str, *, dataset: str, num_patients: int, sca
   return prep_dir
 
 
-def config_from_flags(prepared: PreparedDataset, data_dir: str) -> config_lib.TrainConfig:
-  """Builds the typed config from the parsed flags and the prepared data's metadata."""
-  spec = prepared.spec
+def config_from_flags(spec: datasets.DatasetSpec, available_modalities, crop_size: int,
+                      data_dir: str) -> config_lib.TrainConfig:
+  """Builds the validated typed config from the parsed flags and the data's metadata.
+
+  Args:
+    spec: the dataset.
+    available_modalities: the modalities the prepared data hold (or will hold).
+    crop_size: the prepared data's crop size.
+    data_dir: the prepared data folder (named in messages).
+
+  Raises:
+    CsaInputError: a flag value is out of range or conflicts with the data.
+  """
   modalities = tuple(FLAGS.modalities) or tuple(
       m for m in (("lge", "bssfp") if spec.name == "mscmr" else spec.modalities)
-      if m in prepared.modalities)
+      if m in available_modalities)
   for modality in modalities:
-    if modality not in prepared.modalities:
+    if modality not in available_modalities:
       raise CsaInputError(f"--modalities: {modality!r} is not in {data_dir} (prepared: "
-                          f"{', '.join(prepared.modalities)})")
+                          f"{', '.join(available_modalities)})")
   return config_lib.TrainConfig(
       model_dir=FLAGS.model_dir, data_dir=data_dir, dataset=spec.name,
-      num_classes=spec.num_classes, crop_size=prepared.crop_size, modalities=modalities,
+      num_classes=spec.num_classes, crop_size=crop_size, modalities=modalities,
       method=FLAGS.method, train_steps=FLAGS.train_steps, batch_size=FLAGS.batch_size,
       feature_base=FLAGS.feature_base, dropout_rate=FLAGS.dropout_rate,
       learning_rate=FLAGS.learning_rate, lr_decay_rate=FLAGS.lr_decay_rate,
@@ -152,16 +162,31 @@ def main(argv):
       raise CsaInputError(f"--{name}={FLAGS[name].value}: must be a positive integer")
   if FLAGS.data_dir:
     data_dir = FLAGS.data_dir
+    prepared = PreparedDataset.open(data_dir)
+    config = config_from_flags(prepared.spec, prepared.modalities, prepared.crop_size,
+                               data_dir)
   else:
-    data_dir = prepare_phantom_data(
+    # Every flag is checked before phantoms are written under --model_dir, so a bad
+    # flag leaves nothing behind.
+    if not 0 < FLAGS.phantom_scale <= 1:
+      raise CsaInputError(f"--phantom_scale={FLAGS.phantom_scale}: must be in (0, 1]")
+    if FLAGS.crop_size <= 0 or FLAGS.crop_size % 8:
+      raise CsaInputError(f"--crop_size={FLAGS.crop_size}: must be a positive multiple "
+                          "of 8 (the network downsamples by 8)")
+    spec = datasets.get_spec(FLAGS.dataset)
+    phantom_modalities = ("lge", "bssfp") if spec.name == "mscmr" else spec.modalities
+    data_dir = os.path.join(FLAGS.model_dir, "phantom_data", "prep")
+    config_from_flags(spec, phantom_modalities, FLAGS.crop_size, data_dir)
+    prepare_phantom_data(
         FLAGS.model_dir, dataset=FLAGS.dataset, num_patients=FLAGS.phantom_patients,
         scale=FLAGS.phantom_scale, crop_size=FLAGS.crop_size, seed=FLAGS.seed)
-  prepared = PreparedDataset.open(data_dir)
-  config = config_from_flags(prepared, data_dir)
+    prepared = PreparedDataset.open(data_dir)
+    config = config_from_flags(prepared.spec, prepared.modalities, prepared.crop_size,
+                               data_dir)
   from csa_tf import trainer  # pylint: disable=g-import-not-at-top
   trainer.Trainer(config, prepared, strategy=strategy).train()
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(run_main(main))
+  app.run(run_main(main), flags_parser=parse_flags)

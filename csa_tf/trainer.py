@@ -158,6 +158,11 @@ class Trainer:
       if self.config.mixed_precision == "fp16":
         loss = self.optimizer.scale_loss(loss)
     gradients = tape.gradient(loss, self.bundle.trainable_variables)
+    terms = dict(terms)
+    if self.config.mixed_precision != "fp16":
+      # Checked like the loss terms: a finite loss with NaN gradients must not reach a
+      # checkpoint. (Under fp16 the loss-scale optimizer skips overflowing steps itself.)
+      terms["grad_norm"] = tf.linalg.global_norm(gradients)
     images = None
     if self._with_images:
       images = summary_images.step_outputs(batches, logits, features, self.config,

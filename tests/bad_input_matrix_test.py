@@ -401,12 +401,6 @@ def test_train_flags(world, tmp_path, args, named):
   assert not model_dir.exists()
 
 
-NEEDS_TRAIN_PY = ("absl parses csa_tf.train's flags with its own parser (two lines, exit "
-                  "1) until train.py runs app.run(run_main(main), "
-                  "flags_parser=parse_flags); see the reliability report")
-
-
-@pytest.mark.xfail(reason=NEEDS_TRAIN_PY, strict=False)
 @pytest.mark.parametrize("args,named", [
     (["--method=fancy"], "flag --method=fancy: value should be one of"),
     (["--train_steps=many"], "flag --train_steps=many"),
@@ -426,8 +420,6 @@ def test_train_unknown_method_in_config(tmp_path):
                            num_classes=4, crop_size=CROP, method="fancy").validate()
 
 
-@pytest.mark.xfail(reason="csa_tf.train generates phantoms under --model_dir before it "
-                   "checks the other flags; see the reliability report", strict=False)
 def test_train_without_data_dir_bad_flag_creates_nothing(tmp_path):
   model_dir = tmp_path / "run"
   line = error_line_of_command("csa_tf.train", f"--model_dir={model_dir}",
