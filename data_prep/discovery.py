@@ -1,7 +1,7 @@
 """Finding a release's files by name anywhere under a raw-data folder."""
 import os
 import re
-from typing import Dict, Tuple
+from typing import Callable, Dict, Hashable, List, Sequence, Tuple
 
 from csa_tf.errors import CsaInputError
 
@@ -29,3 +29,42 @@ def find_files(raw_dir: str, pattern: "re.Pattern") -> Dict[Tuple[str, ...], str
                             f"{raw_dir}")
       found[key] = path
   return found
+
+
+def check_modalities(modalities: Sequence[str], allowed: Sequence[str],
+                     dataset_title: str) -> List[str]:
+  """Returns modalities as a list after checking each is known and listed once.
+
+  Raises:
+    CsaInputError: naming --modalities and the problem.
+  """
+  modalities = list(modalities)
+  for modality in modalities:
+    if modality not in allowed:
+      raise CsaInputError(f"--modalities: unknown {dataset_title} modality {modality!r}; "
+                          f"expected some of {list(allowed)}")
+  if len(set(modalities)) != len(modalities) or not modalities:
+    raise CsaInputError(f"--modalities={','.join(modalities)}: list each modality once")
+  return modalities
+
+
+def check_pairs(images: Dict[Hashable, str], labels: Dict[Hashable, str], *,
+                image_name: Callable[[Hashable], str],
+                label_name: Callable[[Hashable], str], label_word: str = "label") -> None:
+  """Checks that every image has its label and every label its image.
+
+  Args:
+    images, labels: paths keyed alike (e.g. by (patient, modality)).
+    image_name, label_name: the expected file name of a key's image / label.
+    label_word: what the release calls a label ("manual label" for MS-CMRSeg).
+
+  Raises:
+    CsaInputError: naming the unmatched file and the file it lacks.
+  """
+  for key, path in sorted(labels.items()):
+    if key not in images:
+      raise CsaInputError(f"{path}: label without its image {image_name(key)}")
+  for key, path in sorted(images.items()):
+    if key not in labels:
+      raise CsaInputError(f"{path}: no {label_word} found for this image "
+                          f"(expected {label_name(key)})")

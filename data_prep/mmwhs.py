@@ -25,6 +25,8 @@ from data_prep import discovery
 from data_prep import preparation
 
 FLAGS = flags.FLAGS
+
+
 def define_flags():
   """Defines this command's flags (only when run as a command, never on import)."""
   flags.DEFINE_string("raw_dir", None, "Folder holding the MM-WHS 2017 training release.")
@@ -34,6 +36,7 @@ def define_flags():
   flags.DEFINE_float("test_fraction", 0.2, "Fraction of each modality's patients in test.")
   flags.DEFINE_integer("seed", 0, "Seed of the patient-level split.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing preparation in --output_dir.")
+
 
 _FILE_PATTERN = re.compile(r"(ct|mr)_train_(\d+)_(image|label)\.nii(?:\.gz)?")
 
@@ -49,13 +52,7 @@ def prepare_mmwhs(raw_dir: str, output_dir: str, *, modalities=("ct", "mr"),
   """
   spec = datasets.MMWHS
   preparation.check_common_flags(crop_size, test_fraction, raw_dir, output_dir)
-  modalities = list(modalities)
-  for modality in modalities:
-    if modality not in spec.modalities:
-      raise CsaInputError(f"--modalities: unknown MM-WHS modality {modality!r}; "
-                          f"expected some of {list(spec.modalities)}")
-  if len(set(modalities)) != len(modalities) or not modalities:
-    raise CsaInputError(f"--modalities={','.join(modalities)}: list each modality once")
+  modalities = discovery.check_modalities(modalities, spec.modalities, "MM-WHS")
   found = discovery.find_files(raw_dir, _FILE_PATTERN)
   images = {(m, n): p for (m, n, kind), p in found.items()
             if kind == "image" and m in modalities}
@@ -65,14 +62,9 @@ def prepare_mmwhs(raw_dir: str, output_dir: str, *, modalities=("ct", "mr"),
     raise CsaInputError(f"{raw_dir}: no MM-WHS training files "
                         f"({{ct,mr}}_train_NNNN_{{image,label}}.nii.gz) for "
                         f"modalities {','.join(modalities)}")
-  for key, path in sorted(labels.items()):
-    if key not in images:
-      raise CsaInputError(f"{path}: label without its image "
-                          f"{key[0]}_train_{key[1]}_image.nii.gz")
-  for key, path in sorted(images.items()):
-    if key not in labels:
-      raise CsaInputError(f"{path}: no label found for this image (expected "
-                          f"{key[0]}_train_{key[1]}_label.nii.gz)")
+  discovery.check_pairs(images, labels,
+                        image_name=lambda key: f"{key[0]}_train_{key[1]}_image.nii.gz",
+                        label_name=lambda key: f"{key[0]}_train_{key[1]}_label.nii.gz")
   for modality in modalities:
     if not any(m == modality for m, _ in images):
       raise CsaInputError(f"{raw_dir}: no {modality} training volumes found")

@@ -22,6 +22,8 @@ from data_prep import discovery
 from data_prep import preparation
 
 FLAGS = flags.FLAGS
+
+
 def define_flags():
   """Defines this command's flags (only when run as a command, never on import)."""
   flags.DEFINE_string("raw_dir", None, "Folder holding the MS-CMRSeg 2019 release.")
@@ -32,6 +34,7 @@ def define_flags():
   flags.DEFINE_float("test_fraction", 0.2, "Fraction of patients in the test split.")
   flags.DEFINE_integer("seed", 0, "Seed of the patient-level split.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing preparation in --output_dir.")
+
 
 _FILE_PATTERN = re.compile(r"patient(\d+)_(C0|LGE|T2)(_manual)?\.nii(?:\.gz)?")
 
@@ -47,13 +50,8 @@ def prepare_mscmr(raw_dir: str, output_dir: str, *, modalities=("lge", "bssfp"),
   """
   spec = datasets.MSCMR
   preparation.check_common_flags(crop_size, test_fraction, raw_dir, output_dir)
-  modalities = list(modalities)
-  for modality in modalities:
-    if modality not in datasets.MSCMR_SEQUENCE_TAGS:
-      raise CsaInputError(f"--modalities: unknown MS-CMRSeg modality {modality!r}; "
-                          f"expected some of {list(datasets.MSCMR_SEQUENCE_TAGS)}")
-  if len(set(modalities)) != len(modalities) or not modalities:
-    raise CsaInputError(f"--modalities={','.join(modalities)}: list each modality once")
+  modalities = discovery.check_modalities(modalities, list(datasets.MSCMR_SEQUENCE_TAGS),
+                                          "MS-CMRSeg")
   found = discovery.find_files(raw_dir, _FILE_PATTERN)
   tags = {datasets.MSCMR_SEQUENCE_TAGS[m]: m for m in modalities}
   images = {(int(n), tags[tag]): path for (n, tag, manual), path in found.items()
@@ -64,15 +62,11 @@ def prepare_mscmr(raw_dir: str, output_dir: str, *, modalities=("lge", "bssfp"),
     raise CsaInputError(
         f"{raw_dir}: no MS-CMRSeg files (patientN_{{C0,LGE,T2}}[_manual].nii.gz) for "
         f"modalities {','.join(modalities)}")
-  for key, path in sorted(labels.items()):
-    if key not in images:
-      raise CsaInputError(f"{path}: label without its image "
-                          f"patient{key[0]}_{datasets.MSCMR_SEQUENCE_TAGS[key[1]]}.nii.gz")
-  for key, path in sorted(images.items()):
-    if key not in labels:
-      raise CsaInputError(f"{path}: no manual label found for this image "
-                          f"(expected patient{key[0]}_"
-                          f"{datasets.MSCMR_SEQUENCE_TAGS[key[1]]}_manual.nii.gz)")
+  tag_of = datasets.MSCMR_SEQUENCE_TAGS
+  discovery.check_pairs(
+      images, labels, label_word="manual label",
+      image_name=lambda key: f"patient{key[0]}_{tag_of[key[1]]}.nii.gz",
+      label_name=lambda key: f"patient{key[0]}_{tag_of[key[1]]}_manual.nii.gz")
   patients = sorted({n for n, _ in images})
   for n in patients:
     for modality in modalities:
