@@ -1,5 +1,4 @@
 """Tests for the training loop: checkpoints, overfitting, determinism, resume."""
-import os
 
 import numpy as np
 import pytest
