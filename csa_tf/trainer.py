@@ -179,7 +179,9 @@ class Trainer:
   def _distributed_step(self, per_replica_batches):
     outputs = self.strategy.run(self._step, args=(per_replica_batches,))
     images = outputs.pop(IMAGES_KEY, None)
-    # Every replica holds the same (global) loss values; the mean is that value.
+    # Every replica holds the same (global) loss values; the mean is that value. The
+    # exception is grad_norm, the norm of a replica's share of the gradient: its mean
+    # still turns NaN or Inf with any replica's, which is what it is checked for.
     terms = {name: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
              for name, value in outputs.items()}
     if images is not None:

@@ -94,9 +94,10 @@ def main():
     return summed, terms
 
   grads_mirrored, terms_mirrored = mirrored_gradients(shards)
+  # grad_norm is the norm of each replica's share of the gradient, not a loss term.
   result["terms"] = {name: {"single": float(value),
                             "replicas": [float(v) for v in local(terms_mirrored[name])]}
-                     for name, value in terms_single.items()}
+                     for name, value in terms_single.items() if name != "grad_norm"}
   result["max_term_difference"] = max(
       abs(r - t["single"]) / max(abs(t["single"]), 1e-12)
       for t in result["terms"].values() for r in t["replicas"])
