@@ -18,7 +18,7 @@ Load with `tf.saved_model.load(DIR/M/saved_model).signatures["serving_default"]`
 import json
 import os
 import shutil
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 from absl import app
 from absl import flags
