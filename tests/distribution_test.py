@@ -86,6 +86,9 @@ def _free_ports(count):
   return ports
 
 
+# About 100 s on 2 CPU cores (two TensorFlow processes tracing the same step): opt-in
+# with `python -m pytest -m slow` to keep the default run within its time budget.
+@pytest.mark.slow
 def test_two_workers_on_loopback_train_and_checkpoint(prep_dir, tmp_path):
   model_dir = tmp_path / "run"
   workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
