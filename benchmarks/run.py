@@ -194,11 +194,16 @@ def hd_eval_seconds(bench, steps, warmup) -> Dict[str, float]:
   return {"hd_eval_seconds": hd_eval.measure_hd_eval_seconds()}
 
 
+# The child reports VmHWM, the peak RSS of its own address space: getrusage's ru_maxrss
+# would carry over the high-water mark of the (large) benchmark process it was forked
+# from, since Linux keeps it across exec.
 _PREP_CHILD = r"""
-import resource, sys
+import sys
 from data_prep.mmwhs import prepare_mmwhs
 prepare_mmwhs(sys.argv[1], sys.argv[2], modalities=["ct"], crop_size=256, test_fraction=0)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+with open("/proc/self/status") as f:
+  peak_kb = [line.split()[1] for line in f if line.startswith("VmHWM:")][0]
+print(int(peak_kb) / 1024.0)
 """
 
 
