@@ -150,13 +150,14 @@ def main(argv):
     raise CsaInputError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS.model_dir:
     raise CsaInputError("--model_dir is required")
+  # TensorFlow's checkpoint saver and tf.distribute log at INFO through absl; keep the
+  # progress lines readable.
+  logging.set_verbosity(logging.WARNING)
   # First: MultiWorkerMirroredStrategy must exist before any other TensorFlow operation.
   strategy = None
   if FLAGS.strategy != "default":
     from csa_tf import distribution  # pylint: disable=g-import-not-at-top
     strategy = distribution.make_strategy(FLAGS.strategy)
-    # tf.distribute logs every all-reduce it builds at INFO; keep the progress readable.
-    logging.set_verbosity(logging.WARNING)
   for name in ("train_steps", "batch_size", "feature_base", "phantom_patients"):
     if FLAGS[name].value < 1:
       raise CsaInputError(f"--{name}={FLAGS[name].value}: must be a positive integer")
