@@ -54,6 +54,15 @@ def _check_probs_and_labels(values, labels, num_classes, what):
     raise ValueError(f"{what} {values.shape} and labels {labels.shape} differ in B, H, W")
 
 
+def _probs_and_onehot(probs, labels, num_classes: int):
+  """Checked probs [B, H, W, C] and one-hot labels, both in the loss's compute dtype."""
+  probs = tf.convert_to_tensor(probs)
+  labels = tf.convert_to_tensor(labels)
+  _check_probs_and_labels(probs, labels, num_classes, "probs")
+  dtype = _compute_dtype(probs)
+  return tf.cast(probs, dtype), tf.one_hot(labels, num_classes, dtype=dtype)
+
+
 def dice_loss(probs, labels, *, num_classes: int, batch_sum: BatchSum = None):
   """UMMKD's multi-class soft Dice loss, background included.
 
@@ -72,12 +81,7 @@ def dice_loss(probs, labels, *, num_classes: int, batch_sum: BatchSum = None):
   Raises:
     ValueError: bad ranks, or probs' last dimension is not num_classes.
   """
-  probs = tf.convert_to_tensor(probs)
-  labels = tf.convert_to_tensor(labels)
-  _check_probs_and_labels(probs, labels, num_classes, "probs")
-  dtype = _compute_dtype(probs)
-  probs = tf.cast(probs, dtype)
-  onehot = tf.one_hot(labels, num_classes, dtype=dtype)
+  probs, onehot = _probs_and_onehot(probs, labels, num_classes)
   intersection = tf.reduce_sum(probs * onehot, axis=(0, 1, 2))
   denominator = (tf.reduce_sum(tf.square(probs), axis=(0, 1, 2))
                  + tf.reduce_sum(onehot, axis=(0, 1, 2)))
@@ -105,12 +109,7 @@ def weighted_ce_loss(probs, labels, *, num_classes: int, batch_sum: BatchSum = N
   Raises:
     ValueError: bad ranks, or probs' last dimension is not num_classes.
   """
-  probs = tf.convert_to_tensor(probs)
-  labels = tf.convert_to_tensor(labels)
-  _check_probs_and_labels(probs, labels, num_classes, "probs")
-  dtype = _compute_dtype(probs)
-  probs = tf.cast(probs, dtype)
-  onehot = tf.one_hot(labels, num_classes, dtype=dtype)
+  probs, onehot = _probs_and_onehot(probs, labels, num_classes)
   class_pixels = tf.reduce_sum(onehot, axis=(0, 1, 2))
   if batch_sum is not None:
     class_pixels = batch_sum(class_pixels)
