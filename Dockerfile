@@ -40,7 +40,7 @@ COPY data_prep ./data_prep
 COPY experiments ./experiments
 COPY benchmarks ./benchmarks
 RUN pip install --no-cache-dir . \
- && python -c "import csa_tf.trainer, csa_tf.visualize, csa_tf.export"
+ && python -c "import csa_tf.training.trainer, csa_tf.visualize, csa_tf.export"
 COPY docker/entrypoint.sh /usr/local/bin/csa_tf-entrypoint
 
 # A non-root user owns the mounted data and run folders.

@@ -66,9 +66,9 @@ class Workbench:
   """Phantom data and trainers shared by the training-step figures."""
 
   def __init__(self, root: str, *, full: bool):
-    from csa_tf.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
-    from data_prep import phantom  # pylint: disable=g-import-not-at-top
-    from data_prep.mscmr import prepare_mscmr  # pylint: disable=g-import-not-at-top
+    from csa_tf.data.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
+    from csa_tf.data import phantom  # pylint: disable=g-import-not-at-top
+    from csa_tf.data.mscmr import prepare_mscmr  # pylint: disable=g-import-not-at-top
     self.root = root
     self.crop = 224 if full else 64
     self.feature_base = 16 if full else 8
@@ -81,7 +81,7 @@ class Workbench:
     self.prepared = PreparedDataset.open(prep)
 
   def config(self, name: str, **overrides):
-    from csa_tf import config as config_lib  # pylint: disable=g-import-not-at-top
+    from csa_tf.configs import train_config as config_lib  # pylint: disable=g-import-not-at-top
     values = dict(model_dir=os.path.join(self.root, name), data_dir=self.prepared.prep_dir,
                   dataset="mscmr", num_classes=4, crop_size=self.crop, method="msbn",
                   batch_size=8, feature_base=self.feature_base, train_steps=10**6,
@@ -91,7 +91,7 @@ class Workbench:
 
   def step_runner(self, config) -> Callable[[int], float]:
     """runner(n): seconds of n training steps on fixed, pre-fetched batches."""
-    from csa_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+    from csa_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
     trainer = Trainer(config, self.prepared, log=lambda _: None)
     batches = next(iter(trainer.dataset(0)))
     def run(n):
@@ -151,7 +151,7 @@ def loop_vs_fit_ratio(bench: Workbench, steps: int, warmup: int) -> Dict[str, fl
             + losses.l2_loss(net.conv_kernels, weight=config.l2_weight))
 
   model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss_fn)
-  from csa_tf import data  # pylint: disable=g-import-not-at-top
+  from csa_tf.data import pipeline as data  # pylint: disable=g-import-not-at-top
   images, labels = bench.prepared.train_slices("lge")
   batch = next(iter(data.modality_batches(images, labels, batch_size=8, seed=0)))
   dataset = tf.data.Dataset.from_tensors(batch).repeat()
@@ -170,7 +170,7 @@ def loop_vs_fit_ratio(bench: Workbench, steps: int, warmup: int) -> Dict[str, fl
 
 
 def input_headroom(bench: Workbench, steps: int, warmup: int) -> Dict[str, float]:
-  from csa_tf import data  # pylint: disable=g-import-not-at-top
+  from csa_tf.data import pipeline as data  # pylint: disable=g-import-not-at-top
   config = bench.config("input", method="csa")
   dataset = data.unpaired_batches(bench.prepared, config.modalities, batch_size=8, seed=0)
   iterator = iter(dataset)
@@ -199,7 +199,7 @@ def hd_eval_seconds(bench, steps, warmup) -> Dict[str, float]:
 # from, since Linux keeps it across exec.
 _PREP_CHILD = r"""
 import sys
-from data_prep.mmwhs import prepare_mmwhs
+from csa_tf.data.mmwhs import prepare_mmwhs
 prepare_mmwhs(sys.argv[1], sys.argv[2], modalities=["ct"], crop_size=256, test_fraction=0)
 with open("/proc/self/status") as f:
   peak_kb = [line.split()[1] for line in f if line.startswith("VmHWM:")][0]
@@ -210,7 +210,7 @@ print(int(peak_kb) / 1024.0)
 def prep_peak_rss_mb(bench, steps, warmup) -> Dict[str, float]:
   """Peak RSS of a fresh process preparing one CT-sized MM-WHS phantom volume."""
   del bench, steps, warmup
-  from data_prep import phantom  # pylint: disable=g-import-not-at-top
+  from csa_tf.data import phantom  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as root:
     raw = os.path.join(root, "raw")
     phantom.generate_phantoms("mmwhs", raw, num_patients=1, seed=0, scale=1.0,
@@ -278,7 +278,7 @@ def main(argv):
     def write(tmp):
       with open(tmp, "w", encoding="utf-8") as f:
         f.write(report)
-    from csa_tf.nifti_io import write_atomically  # pylint: disable=g-import-not-at-top
+    from csa_tf.io.nifti import write_atomically  # pylint: disable=g-import-not-at-top
     write_atomically(FLAGS.output, write)
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
   print(f"  benchmark_process_peak_rss_mb: {peak:.0f}")

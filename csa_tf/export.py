@@ -15,27 +15,14 @@ For every modality M of the run, DIR/M/ holds:
 
 Load with `tf.saved_model.load(DIR/M/saved_model).signatures["serving_default"]`.
 """
-import json
-import os
-import shutil
-from typing import Callable, Dict
-
 from absl import app
 from absl import flags
 from absl import logging
-import tensorflow as tf
 
-from csa_tf import config as config_lib
-from csa_tf import datasets
-from csa_tf import run_record
-from csa_tf.errors import CsaInputError, run_main
-from csa_tf.model.csa_net import CsaNet
-from csa_tf.model_bundle import ModelBundle
+from csa_tf.errors import CsaInputError, parse_flags, run_main
+from csa_tf.serving.exporter import export_run
 
 FLAGS = flags.FLAGS
-SAVED_MODEL_SUBDIR = "saved_model"
-KERAS_FILE = "model.keras"
-DESCRIPTION_FILE = "model.json"
 
 
 def define_flags():
@@ -43,117 +30,6 @@ def define_flags():
   flags.DEFINE_string("model_dir", None, "Run folder written by csa_tf.train.")
   flags.DEFINE_string("output_dir", None, "Where the exported models go.")
   flags.DEFINE_bool("overwrite", False, "Replace existing exports in output_dir.")
-
-
-def single_modality_network(bundle, modality: str):
-  """A float32 CsaNet holding only `modality`'s BN set, with the bundle's weights.
-
-  The shared convolutions and the modality's BN parameters and moving statistics are
-  copied site by site (both networks list them in forward order).
-  """
-  source = bundle.networks[modality]
-  net = CsaNet(source.num_classes, [modality], feature_base=source.feature_base,
-               in_channels=source.in_channels, dropout_rate=source.dropout_rate,
-               name=f"csa_net_{modality}")
-  net(tf.zeros([1, 8, 8, source.in_channels]), modality=modality, training=False)
-  for target, kernel in zip(net.conv_kernels, source.conv_kernels, strict=True):
-    target.assign(kernel)
-  for target, site in zip(net.bn_layers(), source.bn_layers(), strict=True):
-    for t, s in zip(target.bn_for(modality).weights, site.bn_for(modality).weights,
-                    strict=True):
-      t.assign(s)
-  return net
-
-
-def description(config: config_lib.TrainConfig, modality: str, checkpoint: str) -> dict:
-  """What model.json says about one exported model."""
-  spec = datasets.get_spec(config.dataset)
-  versions = run_record.library_versions()
-  return {
-      "modality": modality,
-      "dataset": config.dataset,
-      "method": config.method,
-      "inputs": {
-          "name": "images", "dtype": "float32",
-          "shape": [None, None, None, config.in_channels],
-          "layout": "NHWC: batch, height, width, adjacent slices",
-          "spatial_multiple": 8,
-          "training_crop_size": config.crop_size,
-      },
-      "preprocessing": (
-          "2D slices in the dataset's standard orientation (see csa_tf.slicing); each "
-          "slice z-scored on its own: (x - mean) / std over the slice's pixels, and all "
-          "zeros where std <= 1e-6 (csa_tf.slicing.zscore_slices). Training used crops "
-          f"of {config.crop_size} x {config.crop_size} around the heart; whole slices "
-          "padded to a multiple of 8 also work (csa_tf.predict does that)."),
-      "outputs": {
-          "probabilities": "float32 [batch, H, W, num_classes], softmax over classes",
-          "classes": "int32 [batch, H, W], argmax of probabilities",
-      },
-      "class_names": list(spec.class_names),
-      "label_values": [0] + list(spec.label_values),
-      "label_values_note": "class i is written as label_values[i] in the dataset's "
-                           "label files",
-      "batch_norm": f"{modality}'s moving statistics (inference mode)",
-      "checkpoint": checkpoint,
-      "tensorflow": tf.__version__,
-      "csa_tf": versions.get("csa_tf"),
-      "git_commit": versions.get("git_commit"),
-  }
-
-
-def export_run(model_dir: str, output_dir: str, *, overwrite: bool = False,
-               log: Callable[[str], None] = print) -> Dict[str, str]:
-  """Exports every modality of the run's latest checkpoint; returns {modality: folder}.
-
-  Raises:
-    CsaInputError: model_dir is not a trained run, or an export exists and not
-      overwrite.
-  """
-  config = config_lib.load_config(model_dir)
-  bundle = ModelBundle(config)
-  checkpoint = bundle.restore(model_dir)
-  written = {}
-  for modality in config.modalities:
-    folder = os.path.join(output_dir, modality)
-    if os.path.exists(folder):
-      if not overwrite:
-        raise CsaInputError(f"{folder}: exists; pass --overwrite to replace it")
-      shutil.rmtree(folder)
-    os.makedirs(folder)
-    net = single_modality_network(bundle, modality)
-    module = _ServingModule(net, modality, config.in_channels)
-    tf.saved_model.save(module, os.path.join(folder, SAVED_MODEL_SUBDIR),
-                        signatures={"serving_default": module.serve})
-    net.save(os.path.join(folder, KERAS_FILE))
-    with open(os.path.join(folder, DESCRIPTION_FILE), "w", encoding="utf-8") as f:
-      json.dump(description(config, modality, os.path.basename(checkpoint)), f, indent=1)
-      f.write("\n")
-    log(f"exported {modality} to {folder}")
-    written[modality] = folder
-  return written
-
-
-class _ServingModule(tf.Module):
-  """The exported object: one network's variables and its signature.
-
-  The network itself is not an attribute: Keras would add a default signature of its
-  own to the SavedModel, traced without the modality keyword. Its variables are.
-  """
-
-  def __init__(self, net, modality: str, in_channels: int):
-    super().__init__(name=f"csa_tf_{modality}")
-    self.network_variables = [v.value for v in net.variables]
-
-    def serve(images):
-      logits = net(images, modality=modality, training=False)
-      probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-      return {"probabilities": probabilities,
-              "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
-
-    self.serve = tf.function(
-        serve, input_signature=[tf.TensorSpec([None, None, None, in_channels],
-                                              tf.float32, name="images")])
 
 
 def main(argv):
@@ -169,4 +45,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(run_main(main))
+  app.run(run_main(main), flags_parser=parse_flags)

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 # Applied to every sum over the batch before a loss is formed from it; a cross-replica
 # all-reduce under tf.distribute makes each loss that of the global batch (see
-# csa_tf/distribution.py). None: the sums of this call's batch only.
+# csa_tf/training/distribution.py). None: the sums of this call's batch only.
 BatchSum = Optional[Callable[[tf.Tensor], tf.Tensor]]
 
 AREA_NORMS = ("count", "fraction", "none")

@@ -12,10 +12,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from csa_tf import config as config_lib
-from csa_tf import datasets
+from csa_tf.configs import train_config as config_lib
+from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError, parse_flags, run_main
-from csa_tf.prepared import PreparedDataset
+from csa_tf.data.demo import prepare_phantom_data
+from csa_tf.data.prepared import PreparedDataset
 
 FLAGS = flags.FLAGS
 def define_flags():
@@ -60,7 +61,7 @@ def define_flags():
   flags.DEFINE_integer("bn_recalibration_batches", 20,
                        "Training batches per modality on which BN statistics are "
                        "re-estimated with dropout off before each checkpoint (0: off; "
-                       "see csa_tf/bn_recalibration.py).")
+                       "see csa_tf/training/bn_recalibration.py).")
   flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
   flags.DEFINE_integer("log_every", 50, "Steps between progress lines and scalars.")
   flags.DEFINE_integer("image_summary_every", 0,
@@ -76,33 +77,6 @@ def define_flags():
   flags.DEFINE_float("phantom_scale", 0.25, "Phantom in-plane scale when no --data_dir.")
   flags.DEFINE_integer("crop_size", 64, "Crop size of the phantom preparation when no "
                        "--data_dir (a real PREP's crop size is read from it).")
-
-
-def prepare_phantom_data(model_dir: str, *, dataset: str, num_patients: int, scale: float,
-                         crop_size: int, seed: int, log=print) -> str:
-  """Generates and prepares phantoms under model_dir/phantom_data (once); returns PREP."""
-  from data_prep import phantom  # pylint: disable=g-import-not-at-top
-  base = os.path.join(model_dir, "phantom_data")
-  prep_dir = os.path.join(base, "prep")
-  if os.path.isfile(os.path.join(prep_dir, "prep_meta.json")):
-    return prep_dir
-  raw_dir = os.path.join(base, "raw")
-  spec = datasets.get_spec(dataset)
-  modalities = ("lge", "bssfp") if dataset == "mscmr" else spec.modalities
-  log(f"no --data_dir: generating {num_patients} {dataset} phantom patients in {raw_dir}")
-  if not os.path.isdir(raw_dir):
-    phantom.generate_phantoms(dataset, raw_dir, num_patients=num_patients, seed=seed,
-                              scale=scale, modalities=modalities)
-  if dataset == "mscmr":
-    from data_prep.mscmr import prepare_mscmr  # pylint: disable=g-import-not-at-top
-    summary = prepare_mscmr(raw_dir, prep_dir, modalities=modalities, crop_size=crop_size,
-                            seed=seed)
-  else:
-    from data_prep.mmwhs import prepare_mmwhs  # pylint: disable=g-import-not-at-top
-    summary = prepare_mmwhs(raw_dir, prep_dir, modalities=modalities, crop_size=crop_size,
-                            seed=seed)
-  log(summary.rstrip())
-  return prep_dir
 
 
 def config_from_flags(spec: datasets.DatasetSpec, available_modalities, crop_size: int,
@@ -156,7 +130,7 @@ def main(argv):
   # First: MultiWorkerMirroredStrategy must exist before any other TensorFlow operation.
   strategy = None
   if FLAGS.strategy != "default":
-    from csa_tf import distribution  # pylint: disable=g-import-not-at-top
+    from csa_tf.training import distribution  # pylint: disable=g-import-not-at-top
     strategy = distribution.make_strategy(FLAGS.strategy)
   for name in ("train_steps", "batch_size", "feature_base", "phantom_patients"):
     if FLAGS[name].value < 1:
@@ -184,7 +158,7 @@ def main(argv):
     prepared = PreparedDataset.open(data_dir)
     config = config_from_flags(prepared.spec, prepared.modalities, prepared.crop_size,
                                data_dir)
-  from csa_tf import trainer  # pylint: disable=g-import-not-at-top
+  from csa_tf.training import trainer  # pylint: disable=g-import-not-at-top
   trainer.Trainer(config, prepared, strategy=strategy).train()
 
 

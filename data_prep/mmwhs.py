@@ -9,20 +9,11 @@ with one crop_size box enclosing the four paper structures (205 LVM, 420 LAC, 50
 820 AA; the rest is background; the release's stray 421 is read as 420), z-scores each
 slice, and splits each modality's patients (different people in CT and MR) 80/20.
 """
-import functools
-import re
-
-import numpy as np
-
 from absl import app
 from absl import flags
 
-from csa_tf import datasets
 from csa_tf.errors import CsaInputError, parse_flags, run_main
-from csa_tf.nifti_io import read_volume
-from csa_tf.slicing import header_ornt
-from data_prep import discovery
-from data_prep import preparation
+from csa_tf.data.mmwhs import prepare_mmwhs
 
 FLAGS = flags.FLAGS
 
@@ -36,59 +27,6 @@ def define_flags():
   flags.DEFINE_float("test_fraction", 0.2, "Fraction of each modality's patients in test.")
   flags.DEFINE_integer("seed", 0, "Seed of the patient-level split.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing preparation in --output_dir.")
-
-
-_FILE_PATTERN = re.compile(r"(ct|mr)_train_(\d+)_(image|label)\.nii(?:\.gz)?")
-
-
-def prepare_mmwhs(raw_dir: str, output_dir: str, *, modalities=("ct", "mr"),
-                  crop_size: int = 256, test_fraction: float = 0.2, seed: int = 0,
-                  overwrite: bool = False) -> str:
-  """Prepares the release under raw_dir into output_dir; returns the summary text.
-
-  Raises:
-    CsaInputError: bad settings, no matching files, an image without its label (or the
-      reverse), or any bad volume.
-  """
-  spec = datasets.MMWHS
-  preparation.check_common_flags(crop_size, test_fraction, raw_dir, output_dir)
-  modalities = discovery.check_modalities(modalities, spec.modalities, "MM-WHS")
-  found = discovery.find_files(raw_dir, _FILE_PATTERN)
-  images = {(m, n): p for (m, n, kind), p in found.items()
-            if kind == "image" and m in modalities}
-  labels = {(m, n): p for (m, n, kind), p in found.items()
-            if kind == "label" and m in modalities}
-  if not images and not labels:
-    raise CsaInputError(f"{raw_dir}: no MM-WHS training files "
-                        f"({{ct,mr}}_train_NNNN_{{image,label}}.nii.gz) for "
-                        f"modalities {','.join(modalities)}")
-  discovery.check_pairs(images, labels,
-                        image_name=lambda key: f"{key[0]}_train_{key[1]}_image.nii.gz",
-                        label_name=lambda key: f"{key[0]}_train_{key[1]}_label.nii.gz")
-  for modality in modalities:
-    if not any(m == modality for m, _ in images):
-      raise CsaInputError(f"{raw_dir}: no {modality} training volumes found")
-
-  def load(modality, number):
-    image = read_volume(images[(modality, number)], kind="image")
-    label = read_volume(labels[(modality, number)], kind="label")
-    if image.data.shape == label.data.shape and not _same_grid(image, label):
-      raise CsaInputError(f"{label.path}: label affine differs from its image's; "
-                          "the two do not lie on the same voxel grid")
-    return image, label, modality, f"{modality}_train_{number}", header_ornt(image.affine)
-
-  keys = sorted(images)
-  jobs = [functools.partial(load, m, n) for m, n in keys]
-  groups = [[f"{m}_train_{n}" for m, n in keys if m == modality] for modality in modalities]
-  settings = dict(crop_size=crop_size, test_fraction=test_fraction, seed=seed,
-                  raw_dir=raw_dir, modalities=modalities, plane="coronal")
-  return preparation.run_preparation(output_dir, spec=spec, settings=settings,
-                                     overwrite=overwrite, jobs=jobs,
-                                     modalities=modalities, split_groups=groups)
-
-
-def _same_grid(image, label) -> bool:
-  return bool(np.allclose(image.affine, label.affine, atol=1e-3))
 
 
 def main(argv):

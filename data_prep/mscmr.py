@@ -8,18 +8,11 @@ labels anywhere under RAW (the release keeps them in different folders), maps la
 500/200/600 to LV=1, myo=2, RV=3, crops every slice of a volume with one crop_size box
 that encloses all annotated regions, z-scores each slice and splits by patient.
 """
-import functools
-import re
-
 from absl import app
 from absl import flags
 
-from csa_tf import datasets
 from csa_tf.errors import CsaInputError, parse_flags, run_main
-from csa_tf.nifti_io import read_volume
-from csa_tf.slicing import slice_axis_ornt
-from data_prep import discovery
-from data_prep import preparation
+from csa_tf.data.mscmr import prepare_mscmr
 
 FLAGS = flags.FLAGS
 
@@ -34,59 +27,6 @@ def define_flags():
   flags.DEFINE_float("test_fraction", 0.2, "Fraction of patients in the test split.")
   flags.DEFINE_integer("seed", 0, "Seed of the patient-level split.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing preparation in --output_dir.")
-
-
-_FILE_PATTERN = re.compile(r"patient(\d+)_(C0|LGE|T2)(_manual)?\.nii(?:\.gz)?")
-
-
-def prepare_mscmr(raw_dir: str, output_dir: str, *, modalities=("lge", "bssfp"),
-                  crop_size: int = 224, test_fraction: float = 0.2, seed: int = 0,
-                  overwrite: bool = False) -> str:
-  """Prepares the release under raw_dir into output_dir; returns the summary text.
-
-  Raises:
-    CsaInputError: bad settings, no matching files, an image without its label (or the
-      reverse), a patient missing a requested modality, or any bad volume.
-  """
-  spec = datasets.MSCMR
-  preparation.check_common_flags(crop_size, test_fraction, raw_dir, output_dir)
-  modalities = discovery.check_modalities(modalities, list(datasets.MSCMR_SEQUENCE_TAGS),
-                                          "MS-CMRSeg")
-  found = discovery.find_files(raw_dir, _FILE_PATTERN)
-  tags = {datasets.MSCMR_SEQUENCE_TAGS[m]: m for m in modalities}
-  images = {(int(n), tags[tag]): path for (n, tag, manual), path in found.items()
-            if tag in tags and not manual}
-  labels = {(int(n), tags[tag]): path for (n, tag, manual), path in found.items()
-            if tag in tags and manual}
-  if not images and not labels:
-    raise CsaInputError(
-        f"{raw_dir}: no MS-CMRSeg files (patientN_{{C0,LGE,T2}}[_manual].nii.gz) for "
-        f"modalities {','.join(modalities)}")
-  tag_of = datasets.MSCMR_SEQUENCE_TAGS
-  discovery.check_pairs(
-      images, labels, label_word="manual label",
-      image_name=lambda key: f"patient{key[0]}_{tag_of[key[1]]}.nii.gz",
-      label_name=lambda key: f"patient{key[0]}_{tag_of[key[1]]}_manual.nii.gz")
-  patients = sorted({n for n, _ in images})
-  for n in patients:
-    for modality in modalities:
-      if (n, modality) not in images:
-        raise CsaInputError(
-            f"{raw_dir}: patient{n} has no {modality} "
-            f"({datasets.MSCMR_SEQUENCE_TAGS[modality]}) image; prepare with "
-            f"--modalities not including {modality} or add the file")
-
-  def load(n, modality):
-    image = read_volume(images[(n, modality)], kind="image")
-    label = read_volume(labels[(n, modality)], kind="label")
-    return image, label, modality, f"patient{n}", slice_axis_ornt(2)
-
-  jobs = [functools.partial(load, n, m) for m in modalities for n in patients]
-  settings = dict(crop_size=crop_size, test_fraction=test_fraction, seed=seed,
-                  raw_dir=raw_dir, modalities=modalities)
-  return preparation.run_preparation(output_dir, spec=spec, settings=settings,
-                                     overwrite=overwrite, jobs=jobs,
-                                     modalities=modalities)
 
 
 def main(argv):

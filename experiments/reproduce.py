@@ -26,11 +26,11 @@ from absl import app
 from absl import flags
 from scipy import stats
 
-from csa_tf import config as config_lib
-from csa_tf import datasets
-from csa_tf import tables
+from csa_tf.configs import train_config as config_lib
+from csa_tf.configs import datasets
+from csa_tf.evaluation import tables
 from csa_tf.errors import CsaInputError, parse_flags, run_main
-from csa_tf.nifti_io import write_atomically
+from csa_tf.io.nifti import write_atomically
 
 FLAGS = flags.FLAGS
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -171,7 +171,7 @@ def write_text(path: str, text: str) -> None:
 def reproduce(dataset: str, data_dir: str, output_dir: str, *, methods: List[str],
               train_steps, seed: int, flagfile: str, extra_flags: List[str]) -> str:
   """Runs every method (skipping finished ones) and writes the tables; returns Markdown."""
-  from csa_tf.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
+  from csa_tf.data.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
   spec = datasets.get_spec(dataset)
   PreparedDataset.open(data_dir, dataset=dataset)
   for method in methods:

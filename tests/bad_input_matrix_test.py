@@ -21,15 +21,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from csa_tf import config as config_lib
-from csa_tf import evaluate
-from csa_tf import predict
-from csa_tf import prepared
-from csa_tf import run_record
+from csa_tf.configs import train_config as config_lib
+from csa_tf.evaluation import evaluator as evaluate
+from csa_tf.serving import predictor as predict
+from csa_tf.data import prepared
+from csa_tf.io import run_record
 from csa_tf.errors import run_main
-from data_prep import mmwhs_pnp
-from data_prep.mmwhs import prepare_mmwhs
-from data_prep.mscmr import prepare_mscmr
+from csa_tf.data import mmwhs_pnp
+from csa_tf.data.mmwhs import prepare_mmwhs
+from csa_tf.data.mscmr import prepare_mscmr
 from tests.conftest import make_mmwhs_release, make_mscmr_release, write_nifti
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +96,7 @@ def make_model_dir(model_dir, data_dir, *, checkpoint_classes=4, write_checkpoin
   under an MS-CMRSeg config.json, as when checkpoints are copied between runs.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from csa_tf import model_bundle  # pylint: disable=g-import-not-at-top
+  from csa_tf.model import bundle as model_bundle  # pylint: disable=g-import-not-at-top
   config = config_lib.TrainConfig(
       model_dir=str(model_dir), data_dir=str(data_dir), dataset="mscmr", num_classes=4,
       crop_size=CROP, modalities=("lge", "bssfp"), method="csa", feature_base=2,

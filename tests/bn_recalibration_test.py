@@ -1,11 +1,11 @@
-"""Tests for csa_tf.bn_recalibration: dropout-free BN statistics, independent of history."""
+"""Tests for csa_tf.training.bn_recalibration: dropout-free BN statistics, independent of history."""
 import keras
 import numpy as np
 import tensorflow as tf
 
-from csa_tf import config as config_lib
-from csa_tf.bn_recalibration import recalibrate_batch_norm
-from csa_tf.model_bundle import ModelBundle
+from csa_tf.configs import train_config as config_lib
+from csa_tf.training.bn_recalibration import recalibrate_batch_norm
+from csa_tf.model.bundle import ModelBundle
 
 
 def _config(method="msbn"):

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from csa_tf.prepared import PreparedDataset
+from csa_tf.data.prepared import PreparedDataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small and fast: enough to exercise every code path, not to learn anything.

@@ -43,11 +43,11 @@ def main():
   args = parser.parse_args()
   split_cpu(args.replicas)
 
-  from csa_tf import config as config_lib  # pylint: disable=g-import-not-at-top
-  from csa_tf import distribution  # pylint: disable=g-import-not-at-top
-  from csa_tf import model_bundle  # pylint: disable=g-import-not-at-top
-  from csa_tf.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
-  from csa_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from csa_tf.configs import train_config as config_lib  # pylint: disable=g-import-not-at-top
+  from csa_tf.training import distribution  # pylint: disable=g-import-not-at-top
+  from csa_tf.model import bundle as model_bundle  # pylint: disable=g-import-not-at-top
+  from csa_tf.data.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
+  from csa_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
   if args.dtype == "float64":
     model_bundle.DTYPE_POLICIES["off"] = "float64"
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from csa_tf import distribution
+from csa_tf.training import distribution
 from csa_tf.errors import CsaInputError
-from data_prep.mscmr import prepare_mscmr
+from csa_tf.data.mscmr import prepare_mscmr
 from tests.conftest import make_mscmr_release
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from csa_tf import export
+from csa_tf.serving import exporter as export
 from csa_tf.errors import CsaInputError
-from csa_tf.model_bundle import ModelBundle
+from csa_tf.model.bundle import ModelBundle
 from tests.tiny_run import train_tiny_run
 
 

@@ -3,7 +3,7 @@
 Random label maps include the awkward ones a batch can hold (all background, a single
 class, absent classes); features include zeros, constants and one-hot-like sparse maps,
 where a cosine or a normalisation could divide by zero. A NaN here would stop a run
-(csa_tf.trainer raises NonFiniteLossError), so these are the inputs that must not do it.
+(csa_tf.training.trainer raises NonFiniteLossError), so these are the inputs that must not do it.
 """
 import itertools
 
@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from csa_tf import losses
-from csa_tf.slicing import zscore_slices
+from csa_tf.data.slicing import zscore_slices
 
 NUM_CLASSES = 4
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)

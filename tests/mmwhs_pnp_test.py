@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from csa_tf import prepared
+from csa_tf.data import prepared
 from csa_tf.errors import CsaInputError, run_main
-from csa_tf.slicing import zscore_slices
-from data_prep import mmwhs_pnp
+from csa_tf.data.slicing import zscore_slices
+from csa_tf.data import mmwhs_pnp
+from data_prep import mmwhs_pnp as pnp_command
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 256
@@ -373,11 +374,13 @@ def test_cli_process_truncated_record_is_one_error_line(cli_runs):
 @pytest.mark.parametrize("name", sorted(BAD_RELEASES))
 def test_cli_main_bad_input_exits_2_with_one_error_line(name, tmp_path, capsys):
   bad_file = BAD_RELEASES[name][0](tmp_path / "pnp")
+  if "pnp_dir" not in pnp_command.FLAGS:
+    pnp_command.define_flags()
   with flagsaver.flagsaver():
-    mmwhs_pnp.FLAGS(["mmwhs_pnp", f"--pnp_dir={tmp_path / 'pnp'}",
-                     f"--output_dir={tmp_path / 'out' / 'prep'}"])
+    pnp_command.FLAGS(["mmwhs_pnp", f"--pnp_dir={tmp_path / 'pnp'}",
+                       f"--output_dir={tmp_path / 'out' / 'prep'}"])
     with pytest.raises(SystemExit) as info:
-      run_main(mmwhs_pnp.main)(["mmwhs_pnp"])
+      run_main(pnp_command.main)(["mmwhs_pnp"])
   assert info.value.code == 2
   _check_one_error_line(capsys.readouterr().err, bad_file, BAD_RELEASES[name][1],
                         str(tmp_path))

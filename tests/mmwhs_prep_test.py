@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from csa_tf.errors import CsaInputError
-from csa_tf.prepared import PreparedDataset
-from data_prep.mmwhs import prepare_mmwhs
+from csa_tf.data.prepared import PreparedDataset
+from csa_tf.data.mmwhs import prepare_mmwhs
 from tests.conftest import make_mmwhs_release, write_nifti
 
 

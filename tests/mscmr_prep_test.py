@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from csa_tf.errors import CsaInputError
-from csa_tf.prepared import PreparedDataset
-from data_prep.mscmr import prepare_mscmr
+from csa_tf.data.prepared import PreparedDataset
+from csa_tf.data.mscmr import prepare_mscmr
 from tests.conftest import make_mscmr_release, write_nifti
 
 

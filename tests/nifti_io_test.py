@@ -1,4 +1,4 @@
-"""Tests for csa_tf.nifti_io: every bad file gives one CsaInputError naming it."""
+"""Tests for csa_tf.io.nifti: every bad file gives one CsaInputError naming it."""
 import gzip
 import os
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from csa_tf.errors import CsaInputError
-from csa_tf.nifti_io import read_volume, write_label_volume
+from csa_tf.io.nifti import read_volume, write_label_volume
 from tests.conftest import write_nifti
 
 

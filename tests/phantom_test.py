@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from csa_tf import datasets
+from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError
-from data_prep import phantom
+from csa_tf.data import phantom
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAGS = datasets.MSCMR_SEQUENCE_TAGS

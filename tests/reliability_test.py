@@ -17,14 +17,14 @@ import time
 import numpy as np
 import pytest
 
-from csa_tf import config as config_lib
+from csa_tf.configs import train_config as config_lib
 from csa_tf import losses
-from csa_tf import prepared
+from csa_tf.data import prepared
 from csa_tf.errors import CsaInputError, NonFiniteLossError, run_main
-from csa_tf.nifti_io import write_atomically
-from data_prep import mmwhs_pnp
-from data_prep.mmwhs import prepare_mmwhs
-from data_prep.mscmr import prepare_mscmr
+from csa_tf.io.nifti import write_atomically
+from csa_tf.data import mmwhs_pnp
+from csa_tf.data.mmwhs import prepare_mmwhs
+from csa_tf.data.mscmr import prepare_mscmr
 from tests.conftest import make_mmwhs_release, make_mscmr_release
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,7 +118,7 @@ def test_sigkill_then_same_command_equals_uninterrupted(prep_dir, tmp_path):
 def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(
     prep_dir, tmp_path, monkeypatch, capsys):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from csa_tf.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from csa_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
   config = config_lib.TrainConfig(
       model_dir=str(tmp_path / "run"), data_dir=prep_dir, dataset="mscmr", num_classes=4,
       crop_size=CROP, method="msbn", train_steps=6, batch_size=2, feature_base=2,

@@ -1,8 +1,8 @@
-"""Tests for csa_tf.slicing: orientation, crop boxes, z-scoring and the way back."""
+"""Tests for csa_tf.data.slicing: orientation, crop boxes, z-scoring and the way back."""
 import numpy as np
 import pytest
 
-from csa_tf import slicing
+from csa_tf.data import slicing
 
 
 def test_crop_encloses_every_foreground_voxel():

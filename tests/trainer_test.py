@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from csa_tf import config as config_lib
-from csa_tf import objective
+from csa_tf.configs import train_config as config_lib
+from csa_tf.training import objective
 from csa_tf.errors import CsaInputError
-from csa_tf.model_bundle import ModelBundle
-from csa_tf.prepared import PreparedDataset
-from csa_tf.trainer import Trainer
-from data_prep.mscmr import prepare_mscmr
+from csa_tf.model.bundle import ModelBundle
+from csa_tf.data.prepared import PreparedDataset
+from csa_tf.training.trainer import Trainer
+from csa_tf.data.mscmr import prepare_mscmr
 from tests.conftest import make_mscmr_release
 
 

@@ -5,7 +5,7 @@ import shutil
 import matplotlib.image
 import pytest
 
-from csa_tf import visualize
+from csa_tf.visualization import figures as visualize
 from csa_tf.errors import CsaInputError
 from tests.tiny_run import train_tiny_run
 

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from importlib import metadata
 
-from csa_tf.config import CONFIG_FILE, TrainConfig
-from csa_tf.nifti_io import write_atomically
+from csa_tf.configs.train_config import CONFIG_FILE, TrainConfig
+from csa_tf.io.nifti import write_atomically
 
 VERSIONS_FILE = "versions.json"
 _PACKAGES = ("tensorflow", "keras", "numpy", "nibabel", "scipy", "medpy", "absl-py",

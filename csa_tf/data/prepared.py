@@ -17,9 +17,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from csa_tf import datasets
+from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError
-from csa_tf.slicing import VolumeGeometry
+from csa_tf.data.slicing import VolumeGeometry
 
 FORMAT_NAME = "csa_tf.prepared"
 FORMAT_VERSION = 1

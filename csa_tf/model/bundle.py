@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 import keras
 import tensorflow as tf
 
-from csa_tf.config import TrainConfig
+from csa_tf.configs.train_config import TrainConfig
 from csa_tf.errors import CsaInputError
 from csa_tf.model.csa_net import CsaNet
 
@@ -33,7 +33,7 @@ class ModelBundle:
       is given to the networks rather than set globally, so that one process can hold
       float32 and mixed-precision bundles side by side.
     synchronized_bn: BatchNorm batch statistics all-reduced across tf.distribute
-      replicas (see csa_tf/distribution.py); off on a single device, where Keras'
+      replicas (see csa_tf/training/distribution.py); off on a single device, where Keras'
       synchronised moments would only change the rounding.
 
   Attributes:

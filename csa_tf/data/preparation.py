@@ -9,11 +9,11 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 import csa_tf
-from csa_tf import prepared
-from csa_tf.datasets import DatasetSpec
+from csa_tf.data import prepared
+from csa_tf.configs.datasets import DatasetSpec
 from csa_tf.errors import CsaInputError
-from csa_tf.nifti_io import Volume, check_not_blank
-from csa_tf.slicing import VolumeGeometry, enclosing_crop_origin, zscore_slices
+from csa_tf.io.nifti import Volume, check_not_blank
+from csa_tf.data.slicing import VolumeGeometry, enclosing_crop_origin, zscore_slices
 
 
 def map_labels(raw: np.ndarray, spec: DatasetSpec, path: str) -> np.ndarray:

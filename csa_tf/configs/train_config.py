@@ -80,7 +80,7 @@ class TrainConfig:
   bn_recalibration_batches: int = 20
   keep_checkpoints: int = 3
   log_every: int = 50
-  # TensorBoard images every this many steps (0: never); see csa_tf/summary_images.py.
+  # TensorBoard images every this many steps (0: never); see csa_tf/training/summary_images.py.
   image_summary_every: int = 0
   # tf.distribute: "default" (one device), "mirrored" (local GPUs), "multi_worker".
   strategy: str = "default"

@@ -20,9 +20,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from csa_tf import objective
-from csa_tf.config import TrainConfig
-from csa_tf.model_bundle import ModelBundle
+from csa_tf.training import objective
+from csa_tf.configs.train_config import TrainConfig
+from csa_tf.model.bundle import ModelBundle
 
 
 def _layers(bundle: ModelBundle, kind) -> List[keras.layers.Layer]:

@@ -6,7 +6,7 @@ and images every --image_summary_every steps).
 
 With --strategy=mirrored or multi_worker the step runs on every replica on its share of
 each modality's batch, with the losses and BN statistics of the global batch (see
-csa_tf/distribution.py); with --mixed_precision the networks compute in bfloat16 or
+csa_tf/training/distribution.py); with --mixed_precision the networks compute in bfloat16 or
 float16 while variables and losses stay float32.
 """
 import contextlib
@@ -20,16 +20,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from csa_tf import bn_recalibration
-from csa_tf import config as config_lib
-from csa_tf import data
-from csa_tf import distribution
-from csa_tf import objective
-from csa_tf import run_record
-from csa_tf import summary_images
+from csa_tf.training import bn_recalibration
+from csa_tf.configs import train_config as config_lib
+from csa_tf.data import pipeline as data
+from csa_tf.training import distribution
+from csa_tf.training import objective
+from csa_tf.io import run_record
+from csa_tf.training import summary_images
 from csa_tf.errors import CsaInputError, NonFiniteLossError
-from csa_tf.model_bundle import CHECKPOINT_SUBDIR, ModelBundle
-from csa_tf.prepared import PreparedDataset
+from csa_tf.model.bundle import CHECKPOINT_SUBDIR, ModelBundle
+from csa_tf.data.prepared import PreparedDataset
 
 # The step function's output key for image summary tensors (absent when they are off).
 IMAGES_KEY = "_images"
@@ -140,7 +140,7 @@ class Trainer:
     """Gradients and loss terms of one replica's share of a step (or the whole step).
 
     On R > 1 replicas the losses are those of the global batch (batch sums all-reduced,
-    see csa_tf/distribution.py) and the gradients are those of loss / R, so that their
+    see csa_tf/training/distribution.py) and the gradients are those of loss / R, so that their
     sum over replicas, which the optimizer applies, is the global batch's gradient.
 
     Returns:

@@ -4,7 +4,7 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from csa_tf.model_bundle import ModelBundle
+from csa_tf.model.bundle import ModelBundle
 
 
 class SliceSegmenter:

@@ -7,8 +7,8 @@ The paper's HD values are square roots of integers, i.e. voxel units (REFERENCE.
 import math
 from typing import Dict, List, Mapping, Sequence, Tuple
 
-from csa_tf.config import METHOD_LABELS
-from csa_tf.datasets import DatasetSpec
+from csa_tf.configs.train_config import METHOD_LABELS
+from csa_tf.configs.datasets import DatasetSpec
 
 MODALITY_TITLES = {"lge": "LGE", "bssfp": "bSSFP", "t2": "T2", "ct": "CT", "mr": "MRI"}
 

@@ -21,9 +21,9 @@ from typing import Dict, Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from csa_tf import datasets
+from csa_tf.configs import datasets
 from csa_tf import losses
-from csa_tf.config import TrainConfig
+from csa_tf.configs.train_config import TrainConfig
 from csa_tf.losses import BatchSum
 
 # RGB in [0, 1] of classes 1, 2, ... (background is left grey): red, green, blue as the

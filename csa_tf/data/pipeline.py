@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from csa_tf.errors import CsaInputError
-from csa_tf.prepared import PreparedDataset
+from csa_tf.data.prepared import PreparedDataset
 
 # A large odd constant that separates the modalities' random streams.
 _MODALITY_SEED_STRIDE = 7919

@@ -6,7 +6,7 @@ L_extra is UMMKD's KD loss, the affinity loss or the CSA loss, averaged over mod
 pairs when there are more than two modalities (REFERENCE.md sections 2-3).
 
 Under tf.distribute, `batch_sum` all-reduces every batch sum inside the losses, so each
-replica computes the loss of the global batch (see csa_tf/distribution.py).
+replica computes the loss of the global batch (see csa_tf/training/distribution.py).
 """
 import itertools
 from typing import Dict, Tuple
@@ -14,9 +14,9 @@ from typing import Dict, Tuple
 import tensorflow as tf
 
 from csa_tf import losses
-from csa_tf.config import TrainConfig
+from csa_tf.configs.train_config import TrainConfig
 from csa_tf.losses import BatchSum
-from csa_tf.model_bundle import ModelBundle
+from csa_tf.model.bundle import ModelBundle
 
 
 def forward(bundle: ModelBundle, batches, config: TrainConfig, *, training: bool,

@@ -1,0 +1,121 @@
+r"""Segments new NIfTI volumes with a trained run; no label needed.
+
+  python -m csa_tf.predict --model_dir=RUN --modality=lge --input=IN.nii.gz \
+      --output=OUT.nii.gz [--field_of_view=full|center] [--overwrite]
+  python -m csa_tf.predict --model_dir=RUN --modality=ct --input=IN_DIR --output=OUT_DIR
+
+Slices are taken as in preparation (MS-CMRSeg: the stored short-axis stack; MM-WHS:
+coronal slices from the header's orientation). There is no label to centre a crop on,
+so by default each whole slice is used, padded to a square whose side is a multiple of 8
+(`full`); `center` instead takes the training crop size around the slice centre, which
+matches the training field of view when the heart is near the image centre. The output
+holds the dataset's original label values (500/200/600 or 205/420/500/820), the input's
+affine and header, and is never written over an existing file without --overwrite.
+"""
+import math
+import os
+from typing import Callable, List, Tuple
+
+import numpy as np
+
+from csa_tf.configs import train_config as config_lib
+from csa_tf.configs import datasets
+from csa_tf.errors import CsaInputError
+from csa_tf.io.nifti import check_not_blank, read_volume, write_label_volume
+from csa_tf.data.slicing import (VolumeGeometry, header_ornt, slice_axis_ornt,
+                            zscore_slices)
+
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def slice_geometry(shape: Tuple[int, int, int], affine: np.ndarray, *, dataset: str,
+                   field_of_view: str, crop_size: int) -> VolumeGeometry:
+  """The geometry that turns a new volume into network slices without a label."""
+  ornt = slice_axis_ornt(2) if dataset == "mscmr" else header_ornt(affine)
+  probe = VolumeGeometry(tuple(shape), ornt, (0, 0), 8)
+  _, height, width = probe.standard_shape
+  if field_of_view == "full":
+    size = int(math.ceil(max(height, width) / 8.0) * 8)
+  else:
+    size = crop_size
+  origin = (height // 2 - size // 2, width // 2 - size // 2)
+  return VolumeGeometry(tuple(shape), ornt, origin, size)
+
+
+def input_output_pairs(input_path: str, output_path: str,
+                       overwrite: bool) -> List[Tuple[str, str]]:
+  """Pairs inputs with outputs; checks every output before anything is written.
+
+  Raises:
+    CsaInputError: missing input, an empty input folder, or an existing output without
+      overwrite.
+  """
+  if os.path.isdir(input_path):
+    # Hidden files are skipped: among them the temporary files of an interrupted write.
+    names = sorted(n for n in os.listdir(input_path)
+                   if n.endswith(_NIFTI_SUFFIXES) and not n.startswith("."))
+    if not names:
+      raise CsaInputError(f"{input_path}: no .nii or .nii.gz files in the input folder")
+    if os.path.isfile(output_path):
+      raise CsaInputError(f"{output_path}: is a file; a folder input needs an output "
+                          "folder")
+    pairs = [(os.path.join(input_path, n), os.path.join(output_path, n)) for n in names]
+  elif os.path.isfile(input_path):
+    if os.path.isdir(output_path):
+      output_path = os.path.join(output_path, os.path.basename(input_path))
+    if not output_path.endswith(_NIFTI_SUFFIXES):
+      raise CsaInputError(f"--output={output_path}: must end in .nii.gz or .nii")
+    pairs = [(input_path, output_path)]
+  else:
+    raise CsaInputError(f"{input_path}: input not found")
+  for source, target in pairs:
+    if os.path.abspath(source) == os.path.abspath(target):
+      raise CsaInputError(f"{target}: output would replace its own input")
+    if os.path.exists(target) and not overwrite:
+      raise CsaInputError(f"{target}: exists; pass --overwrite to replace it")
+  return pairs
+
+
+def predict_files(model_dir: str, modality: str, input_path: str, output_path: str, *,
+                  field_of_view: str = "full", overwrite: bool = False,
+                  batch_size: int = 16, log: Callable[[str], None] = print) -> List[str]:
+  """Segments each input volume and writes label volumes; returns the written paths.
+
+  Every input is checked, and the model restored, before the first output is written:
+  a bad file among many leaves no outputs, not some.
+
+  Raises:
+    CsaInputError: bad model dir, unknown modality, bad input files or existing outputs.
+  """
+  config = config_lib.load_config(model_dir)
+  if modality not in config.modalities:
+    raise CsaInputError(f"--modality={modality}: the run in {model_dir} was trained on "
+                        f"{', '.join(config.modalities)}")
+  pairs = input_output_pairs(input_path, output_path, overwrite)
+  for source, _ in pairs:
+    # Read twice (here and below) rather than held: volumes can be hundreds of MB.
+    check_not_blank(read_volume(source, kind="image"))
+  # TensorFlow loads only after the cheap checks, so that they fail fast.
+  from csa_tf.model.segmenter import SliceSegmenter  # pylint: disable=g-import-not-at-top
+  from csa_tf.model.bundle import ModelBundle  # pylint: disable=g-import-not-at-top
+  spec = datasets.get_spec(config.dataset)
+  raw_values = np.array((0,) + spec.label_values, dtype=np.int16)
+  bundle = ModelBundle(config)
+  bundle.restore(model_dir)
+  segmenter = SliceSegmenter(bundle, batch_size=batch_size)
+  written = []
+  for index, (source, target) in enumerate(pairs, start=1):
+    volume = read_volume(source, kind="image")
+    geometry = slice_geometry(volume.data.shape, volume.affine, dataset=config.dataset,
+                              field_of_view=field_of_view, crop_size=config.crop_size)
+    slices = zscore_slices(geometry.to_slices(volume.data,
+                                              pad_value=float(volume.data.min())))
+    classes = geometry.from_slices(segmenter.labels(slices, modality))
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    write_label_volume(target, raw_values[classes], affine=volume.affine,
+                       header=volume.header)
+    counts = ", ".join(f"{name} {int((classes == c).sum())}"
+                       for c, name in enumerate(spec.class_names) if c)
+    log(f"[{index}/{len(pairs)}] {source} -> {target} (voxels: {counts})")
+    written.append(target)
+  return written
