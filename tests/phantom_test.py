@@ -1,4 +1,4 @@
-"""Tests for data_prep.phantom: release layouts, label values, geometry, anatomy, seeds."""
+"""Tests for csa_tf.data.phantom: release layouts, labels, geometry, anatomy, seeds."""
 import dataclasses
 import json
 import os
@@ -13,6 +13,8 @@ from scipy import ndimage
 from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError
 from csa_tf.data import phantom
+# generate_phantoms looks its NIfTI writer up here, so a failing one is patched here.
+from csa_tf.data.phantom import release as phantom_release
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAGS = datasets.MSCMR_SEQUENCE_TAGS
@@ -299,7 +301,7 @@ def test_refuses_to_overwrite_what_it_did_not_write(tmp_path):
 
 def test_an_error_leaves_no_partial_output(tmp_path, monkeypatch):
   calls = []
-  original = phantom._write_nifti
+  original = phantom_release._write_nifti
 
   def failing_write(*args):
     calls.append(args[0])
@@ -307,16 +309,16 @@ def test_an_error_leaves_no_partial_output(tmp_path, monkeypatch):
       raise OSError("disk full")
     original(*args)
 
-  monkeypatch.setattr(phantom, "_write_nifti", failing_write)
+  monkeypatch.setattr(phantom_release, "_write_nifti", failing_write)
   with pytest.raises(OSError, match="disk full"):
     _generate("mscmr", tmp_path / "new", num_patients=2, scale=0.1)
   assert os.listdir(tmp_path) == []
 
-  monkeypatch.setattr(phantom, "_write_nifti", original)
+  monkeypatch.setattr(phantom_release, "_write_nifti", original)
   _generate("mscmr", tmp_path / "old", num_patients=1, scale=0.1, modalities="t2")
   before = sorted(os.listdir(tmp_path / "old" / "images"))
   calls.clear()
-  monkeypatch.setattr(phantom, "_write_nifti", failing_write)
+  monkeypatch.setattr(phantom_release, "_write_nifti", failing_write)
   with pytest.raises(OSError):
     _generate("mscmr", tmp_path / "old", num_patients=2, scale=0.1)
   assert sorted(os.listdir(tmp_path / "old" / "images")) == before

@@ -1,0 +1,185 @@
+"""Writing a phantom set in a release's layout: file names, NIfTI files, the marker."""
+import json
+import os
+import shutil
+import tempfile
+from typing import List, Optional, Tuple
+
+import nibabel as nib
+import numpy as np
+
+from csa_tf.configs import datasets
+from csa_tf.errors import CsaInputError
+from csa_tf.data.phantom.anatomy import PhantomGeometry
+from csa_tf.data.phantom.sampling import _check_scale, sample_geometry
+from csa_tf.data.phantom.short_axis import _render_short_axis
+from csa_tf.data.phantom.whole_heart import _render_whole_heart
+
+
+MARKER_NAME = "csa_phantom.json"
+MAX_PATIENTS = 999
+# The releases' patient counts, the CLI's default --num_patients.
+RELEASE_PATIENTS = {"mscmr": 45, "mmwhs": 20}
+
+
+def render(geometry: PhantomGeometry) -> Tuple[np.ndarray, np.ndarray]:
+  """Draws a geometry's image (int16) and label (uint16) arrays."""
+  if geometry.dataset == "mscmr":
+    return _render_short_axis(geometry)
+  return _render_whole_heart(geometry)
+
+
+def _parse_modalities(spec: datasets.DatasetSpec, modalities) -> List[str]:
+  """Validates modality keys (a list or a comma-separated string; C0 means bssfp)."""
+  if modalities is None:
+    return list(spec.modalities)
+  if isinstance(modalities, str):
+    modalities = modalities.split(",")
+  aliases = {tag.lower(): key for key, tag in datasets.MSCMR_SEQUENCE_TAGS.items()
+             } if spec is datasets.MSCMR else {}
+  parsed = []
+  for item in modalities:
+    key = aliases.get(str(item).strip().lower(), str(item).strip().lower())
+    if key not in spec.modalities:
+      raise CsaInputError(f"--modalities: unknown {spec.name} modality {item!r}; expected "
+                          f"some of {list(spec.modalities)}")
+    parsed.append(key)
+  if not parsed or len(set(parsed)) != len(parsed):
+    raise CsaInputError(f"--modalities={','.join(map(str, modalities))}: list each "
+                        "modality once")
+  return [m for m in spec.modalities if m in parsed]
+
+
+def _relative_paths(dataset: str, patient: int, modality: str) -> Tuple[str, str]:
+  """(image, label) paths of one volume inside the output folder, as in the release."""
+  if dataset == "mscmr":
+    tag = datasets.MSCMR_SEQUENCE_TAGS[modality]
+    return (os.path.join("images", f"patient{patient}_{tag}.nii.gz"),
+            os.path.join("labels", tag, f"patient{patient}_{tag}_manual.nii.gz"))
+  stem = os.path.join(f"{modality}_train", f"{modality}_train_{patient}")
+  return stem + "_image.nii.gz", stem + "_label.nii.gz"
+
+
+def _write_nifti(path: str, data: np.ndarray, geometry: PhantomGeometry) -> None:
+  """Writes one volume with the geometry's affine and spacing (folders created)."""
+  img = nib.Nifti1Image(data, geometry.affine)
+  img.set_data_dtype(data.dtype)
+  img.header.set_zooms(geometry.spacing)
+  img.header.set_xyzt_units("mm")
+  img.header["descrip"] = b"csa_tf synthetic phantom (data_prep.phantom)"
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  nib.save(img, path)
+
+
+def _read_marker(folder: str) -> Optional[dict]:
+  """The folder's phantom marker, or None when it has no readable one."""
+  try:
+    with open(os.path.join(folder, MARKER_NAME), encoding="utf-8") as f:
+      marker = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return marker if isinstance(marker, dict) else None
+
+
+def _check_output_dir(output_dir: str, dataset: str) -> None:
+  """Refuses to replace anything but an empty folder or a phantom of the same dataset."""
+  if not os.path.exists(output_dir):
+    return
+  if not os.path.isdir(output_dir):
+    raise CsaInputError(f"--output_dir={output_dir}: exists and is not a folder")
+  if not os.listdir(output_dir):
+    return
+  marker = _read_marker(output_dir)
+  if marker is None:
+    raise CsaInputError(
+        f"--output_dir={output_dir}: not empty and not a phantom folder (no {MARKER_NAME});"
+        " refusing to overwrite it, choose a new or empty folder")
+  if marker.get("dataset") != dataset:
+    raise CsaInputError(
+        f"--output_dir={output_dir}: holds a {marker.get('dataset')} phantom; refusing to "
+        f"replace it with {dataset}, choose another folder")
+
+
+def _move_into_place(staging: str, output_dir: str) -> None:
+  """Renames the finished staging folder to output_dir, replacing an old phantom."""
+  if os.path.isdir(output_dir) and os.listdir(output_dir):
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-",
+                           dir=os.path.dirname(output_dir))
+    os.replace(output_dir, old)
+    os.replace(staging, output_dir)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    if os.path.isdir(output_dir):
+      os.rmdir(output_dir)
+    os.replace(staging, output_dir)
+
+
+def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed: int = 0,
+                      scale: float = 1.0, modalities=None, progress=print) -> List[str]:
+  """Writes a phantom release of `dataset` into output_dir.
+
+  The files are written into a temporary sibling folder that is renamed to output_dir
+  once complete, so an error leaves no half-written output; an existing phantom folder
+  of the same dataset is replaced.
+
+  Args:
+    dataset: "mscmr" or "mmwhs".
+    output_dir: the folder to create (or an empty one, or an older phantom of dataset).
+    num_patients: patients to draw (MS-CMRSeg 1..N, MM-WHS 1001..1000+N).
+    seed: seed of the whole set (a non-negative integer).
+    scale: shrinks the in-plane matrix (and MM-WHS' slice count) by this factor in
+      (0, 1], keeping the anatomy's size in mm.
+    modalities: modality keys (list or comma-separated; MS-CMRSeg also takes C0 for
+      bssfp); None for all of the dataset's.
+    progress: called with one line per patient; None for silence.
+
+  Returns:
+    The written NIfTI paths under output_dir (image then label, patient by patient).
+
+  Raises:
+    CsaInputError: bad arguments, or output_dir is a file, a non-empty folder that is
+      not a phantom folder, or a phantom of the other dataset.
+  """
+  spec = datasets.get_spec(dataset)
+  if isinstance(num_patients, bool) or not isinstance(num_patients, int) or not (
+      1 <= num_patients <= MAX_PATIENTS):
+    raise CsaInputError(f"--num_patients={num_patients}: must be an integer in "
+                        f"[1, {MAX_PATIENTS}]")
+  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    raise CsaInputError(f"--seed={seed}: must be a non-negative integer")
+  _check_scale(scale)
+  keys = _parse_modalities(spec, modalities)
+  if not output_dir:
+    raise CsaInputError("--output_dir is required")
+  output_dir = os.path.abspath(output_dir)
+  _check_output_dir(output_dir, spec.name)
+
+  parent = os.path.dirname(output_dir)
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+  written = []
+  try:
+    first = 1 if spec is datasets.MSCMR else 1001
+    for index, patient in enumerate(range(first, first + num_patients), 1):
+      grids = []
+      for modality in keys:
+        geometry = sample_geometry(spec.name, patient, modality, seed=seed, scale=scale)
+        image, label = render(geometry)
+        for relative, data in zip(_relative_paths(spec.name, patient, modality),
+                                  (image, label)):
+          _write_nifti(os.path.join(staging, relative), data, geometry)
+          written.append(os.path.join(output_dir, relative))
+        grids.append(f"{modality} {'x'.join(map(str, geometry.shape))}")
+      if progress is not None:
+        progress(f"phantom {spec.name} patient {patient} ({index}/{num_patients}): "
+                 + ", ".join(grids))
+    marker = dict(generator="data_prep.phantom", dataset=spec.name, seed=seed,
+                  scale=scale, num_patients=num_patients, modalities=keys)
+    with open(os.path.join(staging, MARKER_NAME), "w", encoding="utf-8") as f:
+      json.dump(marker, f, indent=2)
+    _check_output_dir(output_dir, spec.name)  # It may have changed while we drew.
+    _move_into_place(staging, output_dir)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  return written
