@@ -38,8 +38,6 @@ import functools
 import json
 import math
 import os
-import shutil
-import tempfile
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import nibabel as nib
@@ -48,6 +46,7 @@ from scipy import ndimage
 
 from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError
+from csa_tf.io import atomic
 
 
 MARKER_NAME = "csa_phantom.json"
@@ -1114,20 +1113,6 @@ def _check_output_dir(output_dir: str, dataset: str) -> None:
         f"replace it with {dataset}, choose another folder")
 
 
-def _move_into_place(staging: str, output_dir: str) -> None:
-  """Renames the finished staging folder to output_dir, replacing an old phantom."""
-  if os.path.isdir(output_dir) and os.listdir(output_dir):
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-",
-                           dir=os.path.dirname(output_dir))
-    os.replace(output_dir, old)
-    os.replace(staging, output_dir)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    if os.path.isdir(output_dir):
-      os.rmdir(output_dir)
-    os.replace(staging, output_dir)
-
-
 def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed: int = 0,
                       scale: float = 1.0, modalities=None, progress=print) -> List[str]:
   """Writes a phantom release of `dataset` into output_dir.
@@ -1168,9 +1153,8 @@ def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed:
   output_dir = os.path.abspath(output_dir)
   _check_output_dir(output_dir, spec.name)
 
-  parent = os.path.dirname(output_dir)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+  staged = atomic.StagedFolder(output_dir)
+  staging = staged.path
   written = []
   try:
     first = 1 if spec is datasets.MSCMR else 1001
@@ -1189,11 +1173,11 @@ def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed:
                  + ", ".join(grids))
     marker = dict(generator="data_prep.phantom", dataset=spec.name, seed=seed,
                   scale=scale, num_patients=num_patients, modalities=keys)
-    with open(os.path.join(staging, MARKER_NAME), "w", encoding="utf-8") as f:
-      json.dump(marker, f, indent=2)
+    atomic.write_json(os.path.join(staging, MARKER_NAME), marker, indent=2,
+                      final_newline=False)
     _check_output_dir(output_dir, spec.name)  # It may have changed while we drew.
-    _move_into_place(staging, output_dir)
+    staged.commit()  # Replaces an old phantom of the dataset with one rename.
   except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
+    staged.abort()
     raise
   return written
