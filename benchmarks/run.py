@@ -275,11 +275,8 @@ def main(argv):
   if FLAGS.output:
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:])
     report = markdown_report(results, command, FLAGS.full)
-    def write(tmp):
-      with open(tmp, "w", encoding="utf-8") as f:
-        f.write(report)
-    from csa_tf.io.nifti import write_atomically  # pylint: disable=g-import-not-at-top
-    write_atomically(FLAGS.output, write)
+    from csa_tf.io import atomic  # pylint: disable=g-import-not-at-top
+    atomic.write_text(FLAGS.output, report)
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
   print(f"  benchmark_process_peak_rss_mb: {peak:.0f}")
 

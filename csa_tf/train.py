@@ -6,8 +6,6 @@ Without --data_dir, cardiac phantoms in the MS-CMRSeg (or --dataset=mmwhs) layou
 generated and prepared under RUN/phantom_data first, so the command works with no
 download. Re-running the same command resumes from RUN's latest checkpoint.
 """
-import os
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -17,6 +15,7 @@ from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError, parse_flags, run_main
 from csa_tf.data.demo import prepare_phantom_data
 from csa_tf.data.prepared import PreparedDataset
+from csa_tf.io.run_dir import RunDir
 
 FLAGS = flags.FLAGS
 def define_flags():
@@ -150,7 +149,7 @@ def main(argv):
                           "of 8 (the network downsamples by 8)")
     spec = datasets.get_spec(FLAGS.dataset)
     phantom_modalities = ("lge", "bssfp") if spec.name == "mscmr" else spec.modalities
-    data_dir = os.path.join(FLAGS.model_dir, "phantom_data", "prep")
+    data_dir = RunDir(FLAGS.model_dir).demo_prep_dir
     config_from_flags(spec, phantom_modalities, FLAGS.crop_size, data_dir)
     prepare_phantom_data(
         FLAGS.model_dir, dataset=FLAGS.dataset, num_patients=FLAGS.phantom_patients,

@@ -12,7 +12,6 @@ numbers) and the Wilcoxon signed-rank test of CSA against each other method on
 patient-level Dice (DIR/wilcoxon.csv), as in the paper's text.
 """
 import csv
-import json
 import math
 import os
 import shutil
@@ -30,7 +29,8 @@ from csa_tf.configs import train_config as config_lib
 from csa_tf.configs import datasets
 from csa_tf.evaluation import tables
 from csa_tf.errors import CsaInputError, parse_flags, run_main
-from csa_tf.io.nifti import write_atomically
+from csa_tf.io import atomic
+from csa_tf.io.run_dir import RunDir
 
 FLAGS = flags.FLAGS
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -83,18 +83,16 @@ def run_logged(command: List[str], log_path: str) -> None:
 
 
 def method_done(run_dir: str, train_steps: int) -> bool:
-  final = os.path.join(run_dir, "final_losses.json")
-  summary = os.path.join(run_dir, "eval", "summary.json")
-  if not (os.path.isfile(final) and os.path.isfile(summary)):
-    return False
-  with open(final, encoding="utf-8") as f:
-    return json.load(f).get("step") == train_steps
+  """Whether the run reached train_steps and was evaluated on its test split."""
+  run = RunDir(run_dir)
+  final = run.read_final_losses()
+  return final is not None and run.has_summary() and final.get("step") == train_steps
 
 
 def patient_dice(run_dir: str) -> Dict[str, Dict[str, float]]:
   """{modality: {patient_id: mean foreground Dice}} from a run's per-volume CSV."""
   values: Dict[str, Dict[str, List[float]]] = {}
-  with open(os.path.join(run_dir, "eval", "per_volume.csv"), encoding="utf-8") as f:
+  with open(RunDir(run_dir).per_volume_path(), encoding="utf-8") as f:
     for row in csv.DictReader(f):
       if row["dice"] == "":
         continue  # "absent": the class is in neither mask (metrics policy)
@@ -141,7 +139,7 @@ def write_outputs(output_dir: str, spec, modalities, summaries, wilcoxon) -> str
                  f"{100 * row['mean_dice_reference']:.2f} | "
                  f"{100 * row['mean_dice_method']:.2f} | {row['p_value']:.3g} |")
   text = "\n".join(lines) + "\n"
-  write_text(os.path.join(output_dir, "table.md"), text)
+  atomic.write_text(os.path.join(output_dir, "table.md"), text)
   csv_lines = ["method,source,modality,metric,class,value"]
   for method, summary in labelled.items():
     for metric in ("dice", "hd_vox", "hd_mm", "hd95_mm", "assd_mm"):
@@ -152,20 +150,13 @@ def write_outputs(output_dir: str, spec, modalities, summaries, wilcoxon) -> str
           paper = tables.PAPER[spec.name].get(method, {}).get(modality, {}).get(metric)
           if paper:
             csv_lines.append(f"{method},paper,{modality},{metric},{name},{paper[index]}")
-  write_text(os.path.join(output_dir, "table.csv"), "\n".join(csv_lines) + "\n")
+  atomic.write_text(os.path.join(output_dir, "table.csv"), "\n".join(csv_lines) + "\n")
   w_lines = ["reference,method,modality,patients,mean_dice_reference,mean_dice_method,"
              "p_value"] + [",".join(str(r[k]) for k in (
                  "reference", "method", "modality", "patients", "mean_dice_reference",
                  "mean_dice_method", "p_value")) for r in wilcoxon]
-  write_text(os.path.join(output_dir, "wilcoxon.csv"), "\n".join(w_lines) + "\n")
+  atomic.write_text(os.path.join(output_dir, "wilcoxon.csv"), "\n".join(w_lines) + "\n")
   return text
-
-
-def write_text(path: str, text: str) -> None:
-  def write(tmp):
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-  write_atomically(path, write)
 
 
 def reproduce(dataset: str, data_dir: str, output_dir: str, *, methods: List[str],
@@ -204,7 +195,7 @@ def reproduce(dataset: str, data_dir: str, output_dir: str, *, methods: List[str
       try:
         run_logged(train_command, log_path)
       except CommandFailed as error:
-        if fresh and not os.path.isfile(os.path.join(run_dir, config_lib.CONFIG_FILE)):
+        if fresh and not RunDir(run_dir).is_run():
           # Training refused to start (a bad --train_flag, say): leave no folder that
           # holds only this log; the error line already says why.
           _remove_new_run(run_dir, new_dirs)
@@ -214,8 +205,7 @@ def reproduce(dataset: str, data_dir: str, output_dir: str, *, methods: List[str
       run_logged([sys.executable, "-m", "csa_tf.evaluate", f"--model_dir={run_dir}",
                   f"--data_dir={data_dir}"], log_path)
       print(f"== {method}: done in {time.perf_counter() - start:.0f} s", flush=True)
-    with open(os.path.join(run_dir, "eval", "summary.json"), encoding="utf-8") as f:
-      report = json.load(f)
+    report = RunDir(run_dir).read_summary()
     summaries[method] = report["summary"]
     modalities = report["modalities"]
     dice[method] = patient_dice(run_dir)

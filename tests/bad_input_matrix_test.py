@@ -26,6 +26,7 @@ from csa_tf.evaluation import evaluator as evaluate
 from csa_tf.serving import predictor as predict
 from csa_tf.data import prepared
 from csa_tf.io import run_record
+from csa_tf.io.run_dir import RunDir
 from csa_tf.errors import run_main
 from csa_tf.data import mmwhs_pnp
 from csa_tf.data.mmwhs import prepare_mmwhs
@@ -109,7 +110,7 @@ def make_model_dir(model_dir, data_dir, *, checkpoint_classes=4, write_checkpoin
     bundle = model_bundle.ModelBundle(stored).build()
     manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(**bundle.checkpoint_items()),
-        os.path.join(str(model_dir), model_bundle.CHECKPOINT_SUBDIR), max_to_keep=1)
+        RunDir(str(model_dir)).checkpoint_dir, max_to_keep=1)
     manager.save(checkpoint_number=1)
   return str(model_dir)
 
@@ -468,7 +469,7 @@ def test_evaluate(world, capsys, case):
   line = error_line_in_process(capsys, lambda: evaluate.evaluate_run(
       model_dir, data_dir, log=lambda _: None))
   assert_names(line, named)
-  assert not os.path.exists(os.path.join(model_dir, evaluate.EVAL_SUBDIR))
+  assert not os.path.exists(RunDir(model_dir).eval_dir)
 
 
 @pytest.mark.parametrize("args,named", [
@@ -480,7 +481,7 @@ def test_evaluate_command(world, args, named):
   line = error_line_of_command("csa_tf.evaluate", f"--model_dir={world['run']}",
                                *[a.format(**world) for a in args])
   assert_names(line, named)
-  assert not os.path.exists(os.path.join(world["run"], evaluate.EVAL_SUBDIR))
+  assert not os.path.exists(RunDir(world["run"]).eval_dir)
 
 
 # ---------------------------------------------------------------------------------------

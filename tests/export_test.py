@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from csa_tf.serving import exporter as export
 from csa_tf.errors import CsaInputError
+from csa_tf.io.run_dir import RunDir
 from csa_tf.model.bundle import ModelBundle
 from tests.tiny_run import train_tiny_run
 
@@ -22,7 +23,7 @@ def test_exported_models_equal_the_restored_training_networks(run, tmp_path):
   written = export.export_run(run.model_dir, str(tmp_path / "out"), log=lambda _: None)
   assert sorted(written) == ["bssfp", "lge"]
   bundle = ModelBundle(run).build()
-  bundle.restore(run.model_dir)
+  bundle.restore(RunDir(run.model_dir).latest_checkpoint())
   # A batch of another size and a larger field of view than the training crop.
   images = tf.random.normal([3, 48, 40, 1], seed=4)
   outputs = {}

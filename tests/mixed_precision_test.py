@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from csa_tf.configs import train_config as config_lib
 from csa_tf.errors import CsaInputError
+from csa_tf.io.run_dir import RunDir
 from csa_tf.model.bundle import ModelBundle
 from csa_tf.data.prepared import PreparedDataset
 from csa_tf.training.trainer import Trainer
@@ -57,7 +58,7 @@ def test_mixed_precision_steps_are_finite_with_float32_variables(prepared, tmp_p
     assert 1 <= scale < 2 ** 15, scale
   # The checkpoint restores into the float32 bundle used by evaluation and export.
   restored = ModelBundle(config).build()
-  restored.restore(config.model_dir)
+  restored.restore(RunDir(config.model_dir).latest_checkpoint())
   images = tf.random.normal([2, 32, 32, 1], seed=2)
   full = restored.logits(images, "lge")
   assert full.dtype == tf.float32

@@ -21,7 +21,7 @@ from csa_tf.configs import train_config as config_lib
 from csa_tf import losses
 from csa_tf.data import prepared
 from csa_tf.errors import CsaInputError, NonFiniteLossError, run_main
-from csa_tf.io.nifti import write_atomically
+from csa_tf.io.atomic import write_atomically
 from csa_tf.data import mmwhs_pnp
 from csa_tf.data.mmwhs import prepare_mmwhs
 from csa_tf.data.mscmr import prepare_mscmr

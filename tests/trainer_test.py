@@ -7,6 +7,7 @@ import tensorflow as tf
 from csa_tf.configs import train_config as config_lib
 from csa_tf.training import objective
 from csa_tf.errors import CsaInputError
+from csa_tf.io.run_dir import RunDir
 from csa_tf.model.bundle import ModelBundle
 from csa_tf.data.prepared import PreparedDataset
 from csa_tf.training.trainer import Trainer
@@ -55,7 +56,7 @@ def test_checkpoint_holds_every_weight_and_restores_logits(prepared, tmp_path, m
   assert len(trained) == sum(len(n.weights) for n in restored.unique_networks) > 0
   for a, b in zip(trained, weights(restored)):
     assert not np.array_equal(a, b)
-  restored.restore(config.model_dir)
+  restored.restore(RunDir(config.model_dir).latest_checkpoint())
   for a, b in zip(trained, weights(restored)):
     np.testing.assert_array_equal(a, b)
   images = tf.random.normal([2, 32, 32, 1], seed=1)

@@ -3,8 +3,6 @@
 Only entry points parse flags; they build a `TrainConfig` and library code reads that.
 """
 import dataclasses
-import json
-import os
 from typing import List, Optional, Tuple
 
 from csa_tf.errors import CsaInputError
@@ -40,8 +38,6 @@ METHOD_LABELS = {"single": "Single", "ummkd": "UMMKD", "joint": "Joint", "msbn":
 # error, not a silent restart.
 ARCHITECTURE_FIELDS = ("method", "modalities", "feature_base", "num_classes",
                        "in_channels", "crop_size", "dataset")
-
-CONFIG_FILE = "config.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,19 +172,3 @@ def parse_csa_pairs(text: List[str]) -> Tuple[Tuple[str, str], ...]:
                           "(e.g. g3:g4)")
     pairs.append((parts[0], parts[1]))
   return tuple(pairs)
-
-
-def load_config(model_dir: str) -> TrainConfig:
-  """Reads the resolved config a training run wrote into model_dir.
-
-  Raises:
-    CsaInputError: model_dir holds no config.json (not a csa_tf run).
-  """
-  path = os.path.join(model_dir, CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise CsaInputError(f"{model_dir}: not a csa_tf model dir (no {CONFIG_FILE})")
-  try:
-    with open(path, encoding="utf-8") as f:
-      return TrainConfig.from_json(json.load(f))
-  except (ValueError, TypeError, KeyError) as error:
-    raise CsaInputError(f"{path}: unreadable run config ({error})") from None

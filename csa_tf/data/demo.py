@@ -3,18 +3,23 @@ import os
 
 from csa_tf.configs import datasets
 from csa_tf.data import phantom
+from csa_tf.data import prepared
 from csa_tf.data.mmwhs import prepare_mmwhs
 from csa_tf.data.mscmr import prepare_mscmr
+from csa_tf.io.run_dir import RunDir
 
 
 def prepare_phantom_data(model_dir: str, *, dataset: str, num_patients: int, scale: float,
                          crop_size: int, seed: int, log=print) -> str:
-  """Generates and prepares phantoms under model_dir/phantom_data (once); returns PREP."""
-  base = os.path.join(model_dir, "phantom_data")
-  prep_dir = os.path.join(base, "prep")
-  if os.path.isfile(os.path.join(prep_dir, "prep_meta.json")):
+  """Generates and prepares phantoms inside the run folder (once); returns PREP.
+
+  The folders are RunDir(model_dir).demo_raw_dir and .demo_prep_dir.
+  """
+  run = RunDir(model_dir)
+  prep_dir = run.demo_prep_dir
+  if os.path.isfile(os.path.join(prep_dir, prepared.META_FILE)):
     return prep_dir
-  raw_dir = os.path.join(base, "raw")
+  raw_dir = run.demo_raw_dir
   spec = datasets.get_spec(dataset)
   modalities = ("lge", "bssfp") if dataset == "mscmr" else spec.modalities
   log(f"no --data_dir: generating {num_patients} {dataset} phantom patients in {raw_dir}")

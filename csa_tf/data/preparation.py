@@ -1,9 +1,6 @@
 """Steps shared by the dataset conversion scripts: label mapping, one volume's
 preparation, and writing the PREP folder atomically (REFERENCE.md section 5)."""
-import json
 import os
-import shutil
-import tempfile
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -12,6 +9,7 @@ import csa_tf
 from csa_tf.data import prepared
 from csa_tf.configs.datasets import DatasetSpec
 from csa_tf.errors import CsaInputError
+from csa_tf.io import atomic
 from csa_tf.io.nifti import Volume, check_not_blank
 from csa_tf.data.slicing import VolumeGeometry, enclosing_crop_origin, zscore_slices
 
@@ -90,10 +88,10 @@ def prepare_volume(image: Volume, label: Volume, *, spec: DatasetSpec, modality:
 
 
 class PrepWriter:
-  """Collects prepared volumes in a temporary folder and moves it into place at the end.
+  """Collects prepared volumes in a staged folder and moves it into place at the end.
 
   Nothing appears at output_dir unless `commit` runs, so a failure half-way leaves no
-  half-written PREP behind.
+  half-written PREP behind (see csa_tf/io/atomic.py's StagedFolder).
   """
 
   def __init__(self, output_dir: str, *, spec: DatasetSpec, settings: dict,
@@ -105,15 +103,8 @@ class PrepWriter:
     self._entries: List[dict] = []
     self._not_fitting: List[str] = []
     self._check_output_dir()
-    parent = os.path.dirname(self.output_dir)
-    # The folders made here, innermost first: abort removes them again (when empty).
-    self._made_dirs = []
-    missing = parent
-    while not os.path.isdir(missing):
-      self._made_dirs.append(missing)
-      missing = os.path.dirname(missing)
-    os.makedirs(parent, exist_ok=True)
-    self.tmp_dir = tempfile.mkdtemp(prefix=".tmp-prep-", dir=parent)
+    self._staged = atomic.StagedFolder(self.output_dir)
+    self.tmp_dir = self._staged.path
 
   def _check_output_dir(self) -> None:
     if not os.path.exists(self.output_dir):
@@ -157,30 +148,18 @@ class PrepWriter:
         crop_does_not_enclose=self._not_fitting,
         volumes=entries,
     )
-    with open(os.path.join(self.tmp_dir, prepared.META_FILE), "w") as f:
-      json.dump(meta, f, indent=1)
-    with open(os.path.join(self.tmp_dir, prepared.SPLITS_FILE), "w") as f:
-      json.dump(splits, f, indent=1)
+    atomic.write_json(os.path.join(self.tmp_dir, prepared.META_FILE), meta,
+                      final_newline=False)
+    atomic.write_json(os.path.join(self.tmp_dir, prepared.SPLITS_FILE), splits,
+                      final_newline=False)
     summary = summary_text(self.spec, entries, splits, self.settings, self._not_fitting)
-    with open(os.path.join(self.tmp_dir, prepared.SUMMARY_FILE), "w") as f:
-      f.write(summary)
-    if os.path.exists(self.output_dir):
-      old = self.output_dir + ".old-" + os.path.basename(self.tmp_dir)
-      os.replace(self.output_dir, old)
-      os.replace(self.tmp_dir, self.output_dir)
-      shutil.rmtree(old)
-    else:
-      os.replace(self.tmp_dir, self.output_dir)
+    atomic.write_text(os.path.join(self.tmp_dir, prepared.SUMMARY_FILE), summary)
+    self._staged.commit()
     return summary
 
   def abort(self) -> None:
     """Removes everything this writer made: a failed preparation leaves no trace."""
-    shutil.rmtree(self.tmp_dir, ignore_errors=True)
-    for folder in self._made_dirs:
-      try:
-        os.rmdir(folder)
-      except OSError:
-        break  # Not empty: something else lives there now.
+    self._staged.abort()
 
 
 def summary_text(spec: DatasetSpec, entries: List[dict], splits: Dict[str, List[str]],

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 import zipfile
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -21,7 +21,12 @@ from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError
 from csa_tf.data.slicing import VolumeGeometry
 
+if TYPE_CHECKING:  # Only for the annotation: PREP readers need not load the config code.
+  from csa_tf.configs.train_config import TrainConfig  # pylint: disable=g-bad-import-order
+
 FORMAT_NAME = "csa_tf.prepared"
+# prep_meta.json's format_version (every csa_tf preparation has recorded one). Version 1:
+# the layout above. Bump it when a reader of this version would misread a new PREP.
 FORMAT_VERSION = 1
 META_FILE = "prep_meta.json"
 SPLITS_FILE = "splits.json"
@@ -198,9 +203,16 @@ class PreparedDataset:
     if meta.get("format") != FORMAT_NAME:
       raise CsaInputError(f"{meta_path}: not a csa_tf preparation (format "
                           f"{meta.get('format')!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
+    version = meta.get("format_version")
+    if (isinstance(version, int) and not isinstance(version, bool)
+        and version > FORMAT_VERSION):
       raise CsaInputError(
-          f"{meta_path}: prepared with format version {meta.get('format_version')}, "
+          f"{meta_path}: prepared with format version {version}, newer than this csa_tf "
+          f"reads (up to {FORMAT_VERSION}); prepare the data again with this csa_tf "
+          "(data_prep.mscmr / data_prep.mmwhs) or use the newer csa_tf")
+    if version != FORMAT_VERSION:
+      raise CsaInputError(
+          f"{meta_path}: prepared with format version {version}, "
           f"this csa_tf reads version {FORMAT_VERSION}; prepare the data again")
     if dataset is not None and meta.get("dataset") != dataset:
       raise CsaInputError(f"{meta_path}: holds dataset {meta.get('dataset')!r}, "
@@ -217,6 +229,28 @@ class PreparedDataset:
       if not os.path.isfile(path):
         raise CsaInputError(f"{path}: listed in {META_FILE} but missing")
     return prepared
+
+  @property
+  def meta_path(self) -> str:
+    return os.path.join(self.prep_dir, META_FILE)
+
+  def check_fits(self, config: "TrainConfig") -> None:
+    """Checks that a run with this config can be evaluated (or shown) on this PREP.
+
+    Raises:
+      CsaInputError: naming prep_meta.json, when the dataset, the number of classes or
+        a modality of the run differ.
+    """
+    meta = self.meta_path
+    if self.spec.name != config.dataset:
+      raise CsaInputError(f"{meta}: dataset {self.spec.name!r}, but the run was trained "
+                          f"on {config.dataset!r}")
+    if self.spec.num_classes != config.num_classes:
+      raise CsaInputError(f"{meta}: {self.spec.num_classes} classes, but the run has "
+                          f"{config.num_classes}")
+    missing = [m for m in config.modalities if m not in self.modalities]
+    if missing:
+      raise CsaInputError(f"{meta}: lacks modalities {', '.join(missing)} of the run")
 
   def split_of(self, patient_id: str) -> str:
     for split, ids in self.splits.items():

@@ -5,40 +5,23 @@ r"""Evaluates a trained run on its prepared test split (paper Tables 1-3; REFERE
 Segments every test volume slice by slice through its own modality's BN statistics,
 pastes the prediction back into the original voxel grid (undoing the crop), computes per
 class 3D Dice, Hausdorff distance in voxels (like the paper) and in mm, HD95 and ASSD, and
-writes RUN/eval/per_volume.csv and RUN/eval/summary.json, then prints the table.
+writes the per-volume CSV and the summary JSON into the run folder (their paths:
+`RunDir.per_volume_path` and `RunDir.summary_path`), then prints the table.
 """
-import csv
-import io
 import math
 import os
 from typing import Callable, Dict, List, Optional
 
 
-from csa_tf.configs import train_config as config_lib
 from csa_tf import metrics
 from csa_tf.evaluation import tables
 from csa_tf.errors import CsaInputError
-from csa_tf.io.nifti import write_atomically
+from csa_tf.io import atomic
 from csa_tf.data.prepared import PreparedDataset
-from csa_tf.io.run_record import write_json
+from csa_tf.io.run_dir import RunDir
 
-EVAL_SUBDIR = "eval"
 CSV_COLUMNS = ("patient_id", "modality", "class_index", "class_name", "status") + (
     metrics.METRIC_KEYS)
-
-
-def check_compatible(config: config_lib.TrainConfig, prepared: PreparedDataset) -> None:
-  """Raises CsaInputError when PREP cannot be evaluated with this run's networks."""
-  meta = os.path.join(prepared.prep_dir, "prep_meta.json")
-  if prepared.spec.name != config.dataset:
-    raise CsaInputError(f"{meta}: dataset {prepared.spec.name!r}, but the run was trained "
-                        f"on {config.dataset!r}")
-  if prepared.spec.num_classes != config.num_classes:
-    raise CsaInputError(f"{meta}: {prepared.spec.num_classes} classes, but the run has "
-                        f"{config.num_classes}")
-  missing = [m for m in config.modalities if m not in prepared.modalities]
-  if missing:
-    raise CsaInputError(f"{meta}: lacks modalities {', '.join(missing)} of the run")
 
 
 def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str = "test",
@@ -48,15 +31,13 @@ def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str =
   Raises:
     CsaInputError: model_dir or PREP is missing or does not fit the run.
   """
-  config = config_lib.load_config(model_dir)
+  run = RunDir(model_dir)
+  config = run.config
   prepared = PreparedDataset.open(data_dir or config.data_dir)
-  check_compatible(config, prepared)
+  prepared.check_fits(config)
   # TensorFlow loads only after the cheap checks, so that they fail fast.
-  from csa_tf.model.segmenter import SliceSegmenter  # pylint: disable=g-import-not-at-top
-  from csa_tf.model.bundle import ModelBundle  # pylint: disable=g-import-not-at-top
-  bundle = ModelBundle(config)
-  checkpoint = bundle.restore(model_dir)
-  segmenter = SliceSegmenter(bundle, batch_size=batch_size)
+  segmenter = run.segmenter(batch_size=batch_size)
+  checkpoint = run.checkpoint_path
   spec = prepared.spec
   rows: List[Dict] = []
   for modality in config.modalities:
@@ -76,33 +57,24 @@ def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str =
                        for c, v in result.items())
       log(f"[{modality} {index}/{len(entries)}] {entry.patient_id}: Dice {dice}")
   summary = metrics.summarize(rows)
-  out_dir = os.path.join(model_dir, EVAL_SUBDIR)
-  os.makedirs(out_dir, exist_ok=True)
-  write_csv(os.path.join(out_dir, "per_volume.csv" if split == "test"
-                         else f"per_volume_{split}.csv"), rows)
+  os.makedirs(run.eval_dir, exist_ok=True)
+  write_csv(run.per_volume_path(split), rows)
   report = dict(dataset=spec.name, method=config.method, split=split,
                 checkpoint=os.path.basename(checkpoint), modalities=list(config.modalities),
                 class_names=list(spec.class_names),
                 missing_structure_policy=metrics.MISSING_STRUCTURE_POLICY,
                 summary=summary)
-  write_json(os.path.join(out_dir, "summary.json" if split == "test"
-                          else f"summary_{split}.json"), json_safe(report))
+  atomic.write_json(run.summary_path(split), json_safe(report), sort_keys=True)
   log(tables.markdown_tables(spec, config.modalities,
                              {config.method: summary}))
   return report
 
 
 def write_csv(path: str, rows: List[Dict]) -> None:
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-  writer.writeheader()
-  for row in rows:
-    writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v)
-                     for k, v in row.items()})
-  def write(tmp):
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-      f.write(buffer.getvalue())
-  write_atomically(path, write)
+  """The per-volume CSV: CSV_COLUMNS, NaN (an "absent" class) as an empty cell."""
+  atomic.write_csv(path, CSV_COLUMNS,
+                   ({k: ("" if isinstance(v, float) and math.isnan(v) else v)
+                     for k, v in row.items()} for row in rows))
 
 
 def json_safe(value):

@@ -7,7 +7,6 @@ Every command that reads a user's NIfTI goes through `read_volume`, so a truncat
 import dataclasses
 import gzip
 import os
-import tempfile
 import zlib
 from typing import Optional, Tuple
 
@@ -15,6 +14,7 @@ import nibabel as nib
 import numpy as np
 
 from csa_tf.errors import CsaInputError
+from csa_tf.io.atomic import write_atomically
 
 
 @dataclasses.dataclass
@@ -140,38 +140,9 @@ def write_label_volume(path: str, labels: np.ndarray, *, affine: np.ndarray,
   img.set_data_dtype(np.int16)
   # Keep the input's scaling from rescaling our integer labels.
   img.header.set_slope_inter(1.0, 0.0)
+  # nibabel encodes; atomic.py puts the file in place (its temporary keeps the .nii.gz
+  # suffix, so nibabel compresses as for the final name).
   write_atomically(path, lambda tmp: nib.save(img, tmp))
-
-
-def write_atomically(path: str, write_fn) -> None:
-  """Calls write_fn(tmp_path) and renames tmp_path to path; removes tmp on failure.
-
-  The temporary name keeps `path`'s extension so that writers that look at it
-  (nibabel's .nii.gz, numpy's .npz) behave as for the final name.
-  """
-  directory = os.path.dirname(os.path.abspath(path)) or "."
-  base = os.path.basename(path)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + base, dir=directory)
-  os.close(fd)
-  try:
-    write_fn(tmp)
-    # mkstemp makes the file owner-only (0600); give the result the permissions a plain
-    # open() would (or those of the file it replaces).
-    os.chmod(tmp, _mode_for(path))
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def _mode_for(path: str) -> int:
-  try:
-    return os.stat(path).st_mode & 0o777
-  except OSError:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _detail(error: BaseException, path: str) -> str:

@@ -1,15 +1,14 @@
 """The debug record kept beside every run: resolved config and library versions."""
-import json
 import os
 import platform
 import subprocess
 import sys
 from importlib import metadata
 
-from csa_tf.configs.train_config import CONFIG_FILE, TrainConfig
-from csa_tf.io.nifti import write_atomically
+from csa_tf.configs.train_config import TrainConfig
+from csa_tf.io import atomic
+from csa_tf.io.run_dir import RunDir
 
-VERSIONS_FILE = "versions.json"
 _PACKAGES = ("tensorflow", "keras", "numpy", "nibabel", "scipy", "medpy", "absl-py",
              "csa_tf")
 
@@ -37,16 +36,8 @@ def library_versions() -> dict:
   return versions
 
 
-def write_json(path: str, values: dict) -> None:
-  def write(tmp):
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(values, f, indent=1, sort_keys=True)
-      f.write("\n")
-  write_atomically(path, write)
-
-
 def write_run_record(model_dir: str, config: TrainConfig) -> None:
-  """Writes config.json and versions.json into model_dir."""
-  os.makedirs(model_dir, exist_ok=True)
-  write_json(os.path.join(model_dir, CONFIG_FILE), config.to_json())
-  write_json(os.path.join(model_dir, VERSIONS_FILE), library_versions())
+  """Writes the run's config and the library versions into model_dir (see RunDir)."""
+  run = RunDir(model_dir)
+  run.write_config(config)
+  atomic.write_json(run.versions_path, library_versions(), sort_keys=True)

@@ -4,8 +4,7 @@
 modalities (with modality-specific BN, or one shared BN set for "Joint"). Training,
 evaluation, prediction, figures and export all build the networks through `ModelBundle`.
 """
-import os
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import keras
 import tensorflow as tf
@@ -13,8 +12,6 @@ import tensorflow as tf
 from csa_tf.configs.train_config import TrainConfig
 from csa_tf.errors import CsaInputError
 from csa_tf.model.csa_net import CsaNet
-
-CHECKPOINT_SUBDIR = "checkpoints"
 
 # --mixed_precision -> Keras dtype policy: float32 variables, half-precision compute.
 DTYPE_POLICIES = {"off": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
@@ -120,23 +117,22 @@ class ModelBundle:
     """Logits [B, H, W, C] of images [B, H, W, in_channels] through modality's BN."""
     return self.networks[modality](images, modality=modality, training=training)
 
-  def restore(self, model_dir: str, *, checkpoint_path: Optional[str] = None) -> str:
-    """Restores the latest (or a given) checkpoint's network weights; returns its path.
+  def restore(self, checkpoint_path: str) -> str:
+    """Restores a checkpoint's network weights; returns its path.
+
+    A run's latest checkpoint is `csa_tf.io.run_dir.RunDir(model_dir).latest_checkpoint()`
+    (or restore through `RunDir.networks()`); optimizer and step are left out.
 
     Raises:
-      CsaInputError: model_dir holds no checkpoint, or its variables do not fit.
+      CsaInputError: the checkpoint's variables do not fit these networks.
     """
     self.build()
-    path = checkpoint_path or tf.train.latest_checkpoint(
-        os.path.join(model_dir, CHECKPOINT_SUBDIR))
-    if not path:
-      raise CsaInputError(f"{model_dir}: no checkpoint found under {CHECKPOINT_SUBDIR}/")
     checkpoint = tf.train.Checkpoint(**self.checkpoint_items())
     try:
-      checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
+      checkpoint.restore(checkpoint_path).expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
       # TF's message goes on to print variable values; the first sentence says enough.
       detail = str(error).splitlines()[0].split(". Showing")[0][:300]
-      raise CsaInputError(f"{path}: checkpoint does not match this run's networks "
-                          f"({detail})") from None
-    return path
+      raise CsaInputError(f"{checkpoint_path}: checkpoint does not match this run's "
+                          f"networks ({detail})") from None
+    return checkpoint_path

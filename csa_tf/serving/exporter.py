@@ -15,19 +15,18 @@ For every modality M of the run, DIR/M/ holds:
 
 Load with `tf.saved_model.load(DIR/M/saved_model).signatures["serving_default"]`.
 """
-import json
 import os
-import shutil
 from typing import Callable, Dict
 
 import tensorflow as tf
 
 from csa_tf.configs import train_config as config_lib
 from csa_tf.configs import datasets
+from csa_tf.io import atomic
 from csa_tf.io import run_record
 from csa_tf.errors import CsaInputError
+from csa_tf.io.run_dir import RunDir
 from csa_tf.model.csa_net import CsaNet
-from csa_tf.model.bundle import ModelBundle
 
 SAVED_MODEL_SUBDIR = "saved_model"
 KERAS_FILE = "model.keras"
@@ -95,29 +94,34 @@ def export_run(model_dir: str, output_dir: str, *, overwrite: bool = False,
                log: Callable[[str], None] = print) -> Dict[str, str]:
   """Exports every modality of the run's latest checkpoint; returns {modality: folder}.
 
+  Each DIR/M/ is built in a staged sibling folder and renamed into place whole (an old
+  export is replaced only then), so a failure leaves the old export or none, never half
+  of one.
+
   Raises:
     CsaInputError: model_dir is not a trained run, or an export exists and not
-      overwrite.
+      overwrite (checked for every modality before anything is written).
   """
-  config = config_lib.load_config(model_dir)
-  bundle = ModelBundle(config)
-  checkpoint = bundle.restore(model_dir)
+  run = RunDir(model_dir)
+  config = run.config
+  folders = {m: os.path.join(output_dir, m) for m in config.modalities}
+  for folder in folders.values():
+    if os.path.lexists(folder) and not overwrite:
+      raise CsaInputError(f"{folder}: exists; pass --overwrite to replace it")
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+      raise CsaInputError(f"{folder}: exists and is not a folder")
+  bundle = run.networks()
+  checkpoint = run.checkpoint_path
   written = {}
-  for modality in config.modalities:
-    folder = os.path.join(output_dir, modality)
-    if os.path.exists(folder):
-      if not overwrite:
-        raise CsaInputError(f"{folder}: exists; pass --overwrite to replace it")
-      shutil.rmtree(folder)
-    os.makedirs(folder)
+  for modality, folder in folders.items():
     net = single_modality_network(bundle, modality)
     module = _ServingModule(net, modality, config.in_channels)
-    tf.saved_model.save(module, os.path.join(folder, SAVED_MODEL_SUBDIR),
-                        signatures={"serving_default": module.serve})
-    net.save(os.path.join(folder, KERAS_FILE))
-    with open(os.path.join(folder, DESCRIPTION_FILE), "w", encoding="utf-8") as f:
-      json.dump(description(config, modality, os.path.basename(checkpoint)), f, indent=1)
-      f.write("\n")
+    with atomic.StagedFolder(folder) as staged:
+      tf.saved_model.save(module, os.path.join(staged.path, SAVED_MODEL_SUBDIR),
+                          signatures={"serving_default": module.serve})
+      net.save(os.path.join(staged.path, KERAS_FILE))
+      atomic.write_json(os.path.join(staged.path, DESCRIPTION_FILE),
+                        description(config, modality, os.path.basename(checkpoint)))
     log(f"exported {modality} to {folder}")
     written[modality] = folder
   return written

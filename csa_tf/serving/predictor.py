@@ -18,10 +18,10 @@ from typing import Callable, List, Tuple
 
 import numpy as np
 
-from csa_tf.configs import train_config as config_lib
 from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError
 from csa_tf.io.nifti import check_not_blank, read_volume, write_label_volume
+from csa_tf.io.run_dir import RunDir
 from csa_tf.data.slicing import (VolumeGeometry, header_ornt, slice_axis_ornt,
                             zscore_slices)
 
@@ -87,7 +87,8 @@ def predict_files(model_dir: str, modality: str, input_path: str, output_path: s
   Raises:
     CsaInputError: bad model dir, unknown modality, bad input files or existing outputs.
   """
-  config = config_lib.load_config(model_dir)
+  run = RunDir(model_dir)
+  config = run.config
   if modality not in config.modalities:
     raise CsaInputError(f"--modality={modality}: the run in {model_dir} was trained on "
                         f"{', '.join(config.modalities)}")
@@ -95,14 +96,10 @@ def predict_files(model_dir: str, modality: str, input_path: str, output_path: s
   for source, _ in pairs:
     # Read twice (here and below) rather than held: volumes can be hundreds of MB.
     check_not_blank(read_volume(source, kind="image"))
-  # TensorFlow loads only after the cheap checks, so that they fail fast.
-  from csa_tf.model.segmenter import SliceSegmenter  # pylint: disable=g-import-not-at-top
-  from csa_tf.model.bundle import ModelBundle  # pylint: disable=g-import-not-at-top
   spec = datasets.get_spec(config.dataset)
   raw_values = np.array((0,) + spec.label_values, dtype=np.int16)
-  bundle = ModelBundle(config)
-  bundle.restore(model_dir)
-  segmenter = SliceSegmenter(bundle, batch_size=batch_size)
+  # TensorFlow loads only after the cheap checks, so that they fail fast.
+  segmenter = run.segmenter(batch_size=batch_size)
   written = []
   for index, (source, target) in enumerate(pairs, start=1):
     volume = read_volume(source, kind="image")

@@ -1,8 +1,9 @@
 """The unpaired training loop: one batch per modality per step, Eq. 5, Adam, checkpoints.
 
-A run lives in `model_dir`: checkpoints/ (model, optimizer, step; resumed automatically),
-config.json and versions.json (the debug record), train/ (TensorBoard events: scalars,
-and images every --image_summary_every steps).
+A run lives in `model_dir`, laid out by csa_tf/io/run_dir.py: checkpoints (model,
+optimizer, step; resumed automatically), the debug record (config and library versions),
+TensorBoard events (scalars, and images every --image_summary_every steps) and, at the
+end, the final loss terms.
 
 With --strategy=mirrored or multi_worker the step runs on every replica on its share of
 each modality's batch, with the losses and BN statistics of the global batch (see
@@ -10,8 +11,6 @@ csa_tf/training/distribution.py); with --mixed_precision the networks compute in
 float16 while variables and losses stay float32.
 """
 import contextlib
-import json
-import os
 import shutil
 import time
 from typing import Callable, Dict, Optional
@@ -28,7 +27,8 @@ from csa_tf.training import objective
 from csa_tf.io import run_record
 from csa_tf.training import summary_images
 from csa_tf.errors import CsaInputError, NonFiniteLossError
-from csa_tf.model.bundle import CHECKPOINT_SUBDIR, ModelBundle
+from csa_tf.io.run_dir import RunDir
+from csa_tf.model.bundle import ModelBundle
 from csa_tf.data.prepared import PreparedDataset
 
 # The step function's output key for image summary tensors (absent when they are off).
@@ -46,12 +46,13 @@ def check_model_dir(model_dir: str, config: config_lib.TrainConfig) -> None:
   """Refuses to resume a model dir whose run had another architecture or data.
 
   Raises:
-    CsaInputError: naming config.json and the fields that differ.
+    CsaInputError: naming the run's config file and the fields that differ.
   """
-  path = os.path.join(model_dir, config_lib.CONFIG_FILE)
-  if not os.path.isfile(path):
+  run = RunDir(model_dir)
+  path = run.config_path
+  if not run.is_run():
     return
-  previous = config_lib.load_config(model_dir).to_json()
+  previous = run.load_config().to_json()
   current = config.to_json()
   differing = [f"{name} {previous.get(name)!r} -> {current[name]!r}"
                for name in config_lib.ARCHITECTURE_FIELDS
@@ -124,7 +125,7 @@ class Trainer:
     self.output_dir = (distribution.non_chief_dir(config.model_dir, self.strategy)
                        or config.model_dir)
     self.manager = tf.train.CheckpointManager(
-        self.checkpoint, os.path.join(self.output_dir, CHECKPOINT_SUBDIR),
+        self.checkpoint, RunDir(self.output_dir).checkpoint_dir,
         max_to_keep=config.keep_checkpoints)
     self._with_images = config.image_summary_every > 0
     if self.distributed:
@@ -195,8 +196,7 @@ class Trainer:
     Every worker resumes from the chief's checkpoints in model_dir (a folder all workers
     must see).
     """
-    latest = tf.train.latest_checkpoint(
-        os.path.join(self.config.model_dir, CHECKPOINT_SUBDIR))
+    latest = tf.train.latest_checkpoint(RunDir(self.config.model_dir).checkpoint_dir)
     if latest:
       self.checkpoint.restore(latest).assert_existing_objects_matched()
       self.log(f"resumed from {latest} at step {int(self.step.numpy())}")
@@ -245,7 +245,7 @@ class Trainer:
                "nothing to do")
       return {}
     if self.chief:
-      writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
+      writer = tf.summary.create_file_writer(RunDir(config.model_dir).tensorboard_dir)
     else:
       writer = tf.summary.create_noop_writer()
     schedule = learning_rate_schedule(config)
@@ -299,8 +299,7 @@ class Trainer:
     writer.close()
     self.log(f"finished step {int(self.step.numpy())} in "
              f"{format_duration(time.perf_counter() - run_start)}; checkpoint {path}")
-    run_record.write_json(os.path.join(self.output_dir, "final_losses.json"),
-                          dict(step=int(self.step.numpy()), **last))
+    RunDir(self.output_dir).write_final_losses(dict(step=int(self.step.numpy()), **last))
     if not self.chief:
       shutil.rmtree(self.output_dir, ignore_errors=True)
     return last
@@ -332,10 +331,3 @@ def format_duration(seconds: float) -> str:
   minutes, secs = divmod(rest, 60)
   return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
-
-def read_final_losses(model_dir: str) -> Optional[dict]:
-  path = os.path.join(model_dir, "final_losses.json")
-  if not os.path.isfile(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)

@@ -27,37 +27,31 @@ from csa_tf.configs import train_config as config_lib
 from csa_tf.training import summary_images
 from csa_tf.errors import CsaInputError
 from csa_tf.data.prepared import PreparedDataset
+from csa_tf.io import atomic
+from csa_tf.io.run_dir import RunDir
 
-FIGURES_SUBDIR = "figures"
 # Test slices per modality whose batch-pooled affinities are shown.
 AFFINITY_SLICES = 8
 
 
 class _Run:
-  """A trained run: its folder, config, label and (lazily) restored networks."""
+  """A trained run as a figure shows it: its RunDir, config and column label."""
 
   def __init__(self, model_dir: str, method: Optional[str] = None):
     self.model_dir = model_dir
-    self.config = config_lib.load_config(model_dir)
+    self.run_dir = RunDir(model_dir)
+    self.config = self.run_dir.config
     # A reproduce folder names the method; otherwise the run's config does.
     self.method = method or self.config.method
     self.label = config_lib.METHOD_LABELS.get(self.method, self.method)
-    self._segmenter = None
-    self._bundle = None
 
   @property
   def bundle(self):
-    if self._bundle is None:
-      from csa_tf.model.bundle import ModelBundle  # pylint: disable=g-import-not-at-top
-      self._bundle = ModelBundle(self.config)
-      self._bundle.restore(self.model_dir)
-    return self._bundle
+    """The restored networks (TensorFlow loads on first use)."""
+    return self.run_dir.networks()
 
   def labels(self, slices: np.ndarray, modality: str) -> np.ndarray:
-    if self._segmenter is None:
-      from csa_tf.model.segmenter import SliceSegmenter  # pylint: disable=g-import-not-at-top
-      self._segmenter = SliceSegmenter(self.bundle)
-    return self._segmenter.labels(slices, modality)
+    return self.run_dir.segmenter().labels(slices, modality)
 
 
 def collect_runs(model_dir: str, compare_runs: Sequence[str] = (),
@@ -73,7 +67,7 @@ def collect_runs(model_dir: str, compare_runs: Sequence[str] = (),
       raise CsaInputError(f"--reproduce_dir={reproduce_dir}: no such folder")
     for method in config_lib.METHOD_ORDER:
       path = os.path.join(reproduce_dir, method)
-      if os.path.isfile(os.path.join(path, config_lib.CONFIG_FILE)):
+      if RunDir(path).is_run():
         found.append((path, method))
   runs, seen = [], set()
   for path, method in found:
@@ -130,6 +124,11 @@ def _pyplot():
   return plt
 
 
+def _save(fig, path: str) -> None:
+  # The temporary keeps the .png suffix, from which matplotlib takes the format.
+  atomic.write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110))
+
+
 def _class_legend(fig, class_names: Sequence[str]) -> None:
   from matplotlib.patches import Patch  # pylint: disable=g-import-not-at-top
   handles = [Patch(facecolor=summary_images.class_colour(c), label=class_names[c])
@@ -181,7 +180,7 @@ def segmentation_figure(runs: Sequence[_Run], prepared: PreparedDataset, modalit
                fontsize=11)
   _class_legend(fig, spec.class_names)
   fig.tight_layout(rect=(0, 0.05, 1, 0.97))
-  fig.savefig(path, dpi=110)
+  _save(fig, path)
   plt.close(fig)
   return path
 
@@ -241,7 +240,7 @@ def feature_map_figure(run: _Run, prepared: PreparedDataset, modality: str, path
   fig.suptitle(f"{run.label.splitlines()[0]}, {modality.upper()}: layer {tap} channel "
                "most correlated with each class (cyan: class outline)", fontsize=10)
   fig.tight_layout(rect=(0, 0, 1, 0.95))
-  fig.savefig(path, dpi=110)
+  _save(fig, path)
   plt.close(fig)
   return path
 
@@ -287,7 +286,7 @@ def affinity_figure(run: _Run, prepared: PreparedDataset, path: str, *,
                f"(Eq. 3, S_c = {config.csa_area_norm}), {count} test slices per modality",
                fontsize=10)
   fig.tight_layout(rect=(0, 0, 1, 0.95))
-  fig.savefig(path, dpi=110)
+  _save(fig, path)
   plt.close(fig)
   return path
 
@@ -296,7 +295,8 @@ def read_scalars(model_dir: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
   """{tag: (steps, values)} of a run's TensorBoard scalars (last value of each step)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   series: Dict[str, Dict[int, float]] = {}
-  for path in sorted(glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*"))):
+  events = os.path.join(RunDir(model_dir).tensorboard_dir, "events.out.tfevents.*")
+  for path in sorted(glob.glob(events)):
     for record in tf.data.TFRecordDataset(path):
       event = tf.compat.v1.Event.FromString(record.numpy())
       for value in event.summary.value:
@@ -337,7 +337,7 @@ def training_curves_figure(runs: Sequence[_Run], path: str) -> Optional[str]:
   axes[0, 0].legend(fontsize=8)
   fig.suptitle("Training curves (TensorBoard scalars)", fontsize=11)
   fig.tight_layout(rect=(0, 0, 1, 0.96))
-  fig.savefig(path, dpi=110)
+  _save(fig, path)
   plt.close(fig)
   return path
 
@@ -352,7 +352,6 @@ def make_figures(model_dir: str, *, data_dir: Optional[str] = None,
   Raises:
     CsaInputError: a run or PREP is missing or does not fit.
   """
-  from csa_tf.evaluation.evaluator import check_compatible  # pylint: disable=g-import-not-at-top
   if num_slices < 1:
     raise CsaInputError(f"--num_slices={num_slices}: must be a positive integer")
   runs = collect_runs(model_dir, compare_runs, reproduce_dir)
@@ -360,8 +359,8 @@ def make_figures(model_dir: str, *, data_dir: Optional[str] = None,
               == os.path.realpath(model_dir))
   prepared = PreparedDataset.open(data_dir or main.config.data_dir)
   for run in runs:
-    check_compatible(run.config, prepared)
-  output_dir = output_dir or os.path.join(model_dir, FIGURES_SUBDIR)
+    prepared.check_fits(run.config)
+  output_dir = output_dir or RunDir(model_dir).figures_dir
   os.makedirs(output_dir, exist_ok=True)
   pair = main.config.csa_pairs[0] if main.config.csa_pairs else ("g3", "g4")
   tap = feature_tap or pair[0]
@@ -380,7 +379,8 @@ def make_figures(model_dir: str, *, data_dir: Optional[str] = None,
   if curves:
     written.append(curves)
   else:
-    log(f"no TensorBoard scalars under {model_dir}/train: no training curves")
+    log(f"no TensorBoard scalars under {RunDir(model_dir).tensorboard_dir}: no training "
+        "curves")
   for path in written:
     log(f"wrote {path}")
   return written

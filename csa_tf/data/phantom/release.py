@@ -1,8 +1,6 @@
 """Writing a phantom set in a release's layout: file names, NIfTI files, the marker."""
 import json
 import os
-import shutil
-import tempfile
 from typing import List, Optional, Tuple
 
 import nibabel as nib
@@ -10,6 +8,7 @@ import numpy as np
 
 from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError
+from csa_tf.io import atomic
 from csa_tf.data.phantom.anatomy import PhantomGeometry
 from csa_tf.data.phantom.sampling import _check_scale, sample_geometry
 from csa_tf.data.phantom.short_axis import _render_short_axis
@@ -100,20 +99,6 @@ def _check_output_dir(output_dir: str, dataset: str) -> None:
         f"replace it with {dataset}, choose another folder")
 
 
-def _move_into_place(staging: str, output_dir: str) -> None:
-  """Renames the finished staging folder to output_dir, replacing an old phantom."""
-  if os.path.isdir(output_dir) and os.listdir(output_dir):
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-",
-                           dir=os.path.dirname(output_dir))
-    os.replace(output_dir, old)
-    os.replace(staging, output_dir)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    if os.path.isdir(output_dir):
-      os.rmdir(output_dir)
-    os.replace(staging, output_dir)
-
-
 def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed: int = 0,
                       scale: float = 1.0, modalities=None, progress=print) -> List[str]:
   """Writes a phantom release of `dataset` into output_dir.
@@ -154,9 +139,8 @@ def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed:
   output_dir = os.path.abspath(output_dir)
   _check_output_dir(output_dir, spec.name)
 
-  parent = os.path.dirname(output_dir)
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
+  staged = atomic.StagedFolder(output_dir)
+  staging = staged.path
   written = []
   try:
     first = 1 if spec is datasets.MSCMR else 1001
@@ -175,11 +159,11 @@ def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed:
                  + ", ".join(grids))
     marker = dict(generator="data_prep.phantom", dataset=spec.name, seed=seed,
                   scale=scale, num_patients=num_patients, modalities=keys)
-    with open(os.path.join(staging, MARKER_NAME), "w", encoding="utf-8") as f:
-      json.dump(marker, f, indent=2)
+    atomic.write_json(os.path.join(staging, MARKER_NAME), marker, indent=2,
+                      final_newline=False)
     _check_output_dir(output_dir, spec.name)  # It may have changed while we drew.
-    _move_into_place(staging, output_dir)
+    staged.commit()  # Replaces an old phantom of the dataset with one rename.
   except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
+    staged.abort()
     raise
   return written
