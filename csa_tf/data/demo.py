@@ -1,22 +1,37 @@
 """The demo's data: phantoms generated and prepared inside a run folder when no PREP is given."""
 import os
+from typing import Optional
 
 from csa_tf.configs import datasets
 from csa_tf.data import phantom
 from csa_tf.data.mmwhs import prepare_mmwhs
 from csa_tf.data.mscmr import prepare_mscmr
+from csa_tf.data.prepared import META_FILE
+
+
+def phantom_prep_dir(model_dir: str) -> str:
+  """Where the demo's PREP lies (or will lie) in run folder model_dir."""
+  return os.path.join(model_dir, "phantom_data", "prep")
+
+
+def existing_phantom_prep(model_dir: str) -> Optional[str]:
+  """The demo's PREP in model_dir when an earlier run prepared it, else None."""
+  prep_dir = phantom_prep_dir(model_dir)
+  return prep_dir if os.path.isfile(os.path.join(prep_dir, META_FILE)) else None
 
 
 def prepare_phantom_data(model_dir: str, *, dataset: str, num_patients: int, scale: float,
                          crop_size: int, seed: int, log=print) -> str:
-  """Generates and prepares phantoms under model_dir/phantom_data (once); returns PREP."""
-  base = os.path.join(model_dir, "phantom_data")
-  prep_dir = os.path.join(base, "prep")
-  if os.path.isfile(os.path.join(prep_dir, "prep_meta.json")):
+  """Generates and prepares phantoms under model_dir/phantom_data (once); returns PREP.
+
+  The phantoms hold the dataset's paper modalities (`DatasetSpec.paper_modalities`).
+  """
+  prep_dir = existing_phantom_prep(model_dir)
+  if prep_dir:
     return prep_dir
-  raw_dir = os.path.join(base, "raw")
-  spec = datasets.get_spec(dataset)
-  modalities = ("lge", "bssfp") if dataset == "mscmr" else spec.modalities
+  prep_dir = phantom_prep_dir(model_dir)
+  raw_dir = os.path.join(os.path.dirname(prep_dir), "raw")
+  modalities = datasets.get_spec(dataset).paper_modalities
   log(f"no --data_dir: generating {num_patients} {dataset} phantom patients in {raw_dir}")
   if not os.path.isdir(raw_dir):
     phantom.generate_phantoms(dataset, raw_dir, num_patients=num_patients, seed=seed,
