@@ -14,20 +14,15 @@ from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+# The CSA loss's option lists (area norms, reductions, default layer pairs) are declared
+# once, beside the training options that choose them, in a module that loads no
+# TensorFlow; they stay importable as csa_tf.losses.AREA_NORMS etc.
+from csa_tf.configs.train_config import AREA_NORMS, DEFAULT_CSA_PAIRS, REDUCTIONS
+
 # Applied to every sum over the batch before a loss is formed from it; a cross-replica
 # all-reduce under tf.distribute makes each loss that of the global batch (see
 # csa_tf/training/distribution.py). None: the sums of this call's batch only.
 BatchSum = Optional[Callable[[tf.Tensor], tf.Tensor]]
-
-AREA_NORMS = ("count", "fraction", "none")
-REDUCTIONS = ("mean_then_square", "square_then_mean")
-
-# Adjacent intermediate layers at several feature scales: the paper picks "feature maps
-# from the intermediate layer" and "layers relatively close to each other" at "multiple
-# feature scales" (Sec. 3, Implementation; Sec. 1). g3 (H/4, 4F) is average-pooled onto
-# g4 (H/8, 8F); g5/g6 (16F) and g7/g8 (32F) are at H/8. g9/g10 are left out as "too
-# closely related to the ground truth mask".
-DEFAULT_CSA_PAIRS = (("g3", "g4"), ("g5", "g6"), ("g7", "g8"))
 
 # UMMKD's smoothing terms and clip (REFERENCE.md section 2).
 _DICE_EPS = 1e-7

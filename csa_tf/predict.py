@@ -6,16 +6,18 @@ r"""Segments new NIfTI volumes with a trained run; no label needed.
 
 Slices are taken as in preparation (MS-CMRSeg: the stored short-axis stack; MM-WHS:
 coronal slices from the header's orientation). There is no label to centre a crop on,
-so by default each whole slice is used, padded to a square whose side is a multiple of 8
-(`full`); `center` instead takes the training crop size around the slice centre, which
-matches the training field of view when the heart is near the image centre. The output
-holds the dataset's original label values (500/200/600 or 205/420/500/820), the input's
-affine and header, and is never written over an existing file without --overwrite.
+so by default each whole slice is used, padded to the smallest square the network takes
+(`full`, see csa_tf.model.downsampling); `center` instead takes the training crop size
+around the slice centre, which matches the training field of view when the heart is near
+the image centre. The output holds the dataset's original label values (500/200/600 or
+205/420/500/820), the input's affine and header, and is never written over an existing
+file without --overwrite.
 """
 from absl import app
 from absl import flags
 
 from csa_tf.errors import CsaInputError, parse_flags, run_main
+from csa_tf.model.downsampling import DOWNSAMPLE
 from csa_tf.serving.predictor import predict_files
 
 FLAGS = flags.FLAGS
@@ -28,8 +30,8 @@ def define_flags():
   flags.DEFINE_string("input", None, "A .nii/.nii.gz volume or a folder of them.")
   flags.DEFINE_string("output", None, "Output file (or folder, for a folder input).")
   flags.DEFINE_enum("field_of_view", "full", ["full", "center"],
-                    "full: whole slices padded to a multiple of 8; center: the training "
-                    "crop size around the slice centre.")
+                    f"full: whole slices padded to a multiple of {DOWNSAMPLE}; center: the "
+                    "training crop size around the slice centre.")
   flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
   flags.DEFINE_integer("batch_size", 16, "Slices per inference batch.")
 

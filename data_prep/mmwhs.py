@@ -12,6 +12,7 @@ slice, and splits each modality's patients (different people in CT and MR) 80/20
 from absl import app
 from absl import flags
 
+from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError, parse_flags, run_main
 from csa_tf.data.mmwhs import prepare_mmwhs
 
@@ -22,7 +23,8 @@ def define_flags():
   """Defines this command's flags (only when run as a command, never on import)."""
   flags.DEFINE_string("raw_dir", None, "Folder holding the MM-WHS 2017 training release.")
   flags.DEFINE_string("output_dir", None, "Where to write the prepared data (PREP).")
-  flags.DEFINE_list("modalities", ["ct", "mr"], "Modalities to prepare: ct, mr.")
+  flags.DEFINE_list("modalities", list(datasets.MMWHS.paper_modalities),
+                    "Modalities to prepare: ct, mr.")
   flags.DEFINE_integer("crop_size", 256, "Coronal crop box side (paper: 256).")
   flags.DEFINE_float("test_fraction", 0.2, "Fraction of each modality's patients in test.")
   flags.DEFINE_integer("seed", 0, "Seed of the patient-level split.")

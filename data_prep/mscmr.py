@@ -11,6 +11,7 @@ that encloses all annotated regions, z-scores each slice and splits by patient.
 from absl import app
 from absl import flags
 
+from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError, parse_flags, run_main
 from csa_tf.data.mscmr import prepare_mscmr
 
@@ -21,7 +22,7 @@ def define_flags():
   """Defines this command's flags (only when run as a command, never on import)."""
   flags.DEFINE_string("raw_dir", None, "Folder holding the MS-CMRSeg 2019 release.")
   flags.DEFINE_string("output_dir", None, "Where to write the prepared data (PREP).")
-  flags.DEFINE_list("modalities", ["lge", "bssfp"],
+  flags.DEFINE_list("modalities", list(datasets.MSCMR.paper_modalities),
                     "Modalities to prepare: lge, bssfp (C0), t2. The paper uses lge,bssfp.")
   flags.DEFINE_integer("crop_size", 224, "In-plane crop box side (paper: 224).")
   flags.DEFINE_float("test_fraction", 0.2, "Fraction of patients in the test split.")

@@ -38,7 +38,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def define_flags():
   """Defines this command's flags (only when run as a command, never on import)."""
-  flags.DEFINE_enum("dataset", "mscmr", ["mscmr", "mmwhs"], "Dataset (Table 1 or 2-3).")
+  flags.DEFINE_enum("dataset", "mscmr", list(datasets.DATASETS),
+                    "Dataset (Table 1 or 2-3).")
   flags.DEFINE_string("data_dir", None, "Prepared data (PREP) of that dataset.")
   flags.DEFINE_string("output_dir", None, "Where runs and tables go.")
   flags.DEFINE_list("methods", list(config_lib.METHOD_ORDER), "Settings to run.")

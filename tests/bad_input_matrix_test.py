@@ -388,6 +388,9 @@ def test_prep_output_inside_raw_is_refused(world, tmp_path, module):
     (["--modalities=lge,t2"], "--modalities: 't2' is not in"),
     (["--learning_rate=-1"], "--learning_rate=-1.0: must be positive"),
     (["--csa_pairs=g3"], "--csa_pairs: 'g3' is not of the form layer:layer"),
+    (["--lambda=-1"], "--lambda=-1.0: must be >= 0"),
+    (["--jit_compile", "--strategy=mirrored"],
+     "--jit_compile is not supported with --strategy=mirrored"),
     (["--data_dir={prep_v99}"], "prepared with format version 99"),
     (["--data_dir={root}/nowhere"], "prepared data folder not found"),
     (["--data_dir={raw_mscmr}"], "not a prepared data folder (no prep_meta.json)"),
@@ -415,10 +418,15 @@ def test_train_flag_parsing(world, tmp_path, args, named):
 
 
 def test_train_unknown_method_in_config(tmp_path):
-  # What --method=fancy reaches when it gets past flag parsing (e.g. from a config).
-  with pytest.raises(config_lib.CsaInputError, match="--method=fancy: unknown method"):
+  # What --method=fancy reaches when it gets past flag parsing (e.g. from a config): the
+  # library names the field, csa_tf.train spells it as its flag.
+  with pytest.raises(config_lib.CsaInputError,
+                     match="^method=fancy: unknown method") as info:
     config_lib.TrainConfig(model_dir=str(tmp_path), data_dir="", dataset="mscmr",
                            num_classes=4, crop_size=CROP, method="fancy").validate()
+  assert info.value.field == "method"
+  assert info.value.render(lambda field: f"--{field}").startswith(
+      "--method=fancy: unknown method")
 
 
 def test_train_without_data_dir_bad_flag_creates_nothing(tmp_path):
@@ -426,6 +434,10 @@ def test_train_without_data_dir_bad_flag_creates_nothing(tmp_path):
   line = error_line_of_command("csa_tf.train", f"--model_dir={model_dir}",
                                "--crop_size=60", "--phantom_patients=2")
   assert_names(line, "60", "multiple of 8")
+  assert not model_dir.exists()
+  line = error_line_of_command("csa_tf.train", f"--model_dir={model_dir}",
+                               "--phantom_scale=0", "--phantom_patients=2")
+  assert_names(line, "--phantom_scale=0.0: must be in (0, 1]")
   assert not model_dir.exists()
 
 

@@ -22,6 +22,8 @@ class DatasetSpec:
       set are an error. Raw values that are known but not a paper class map to background.
     raw_value_aliases: raw values read as another raw value (MM-WHS' stray 421 is 420).
     modalities: modality keys, in the order used everywhere.
+    paper_modalities: the pair the paper trains on (Table 1: LGE + bSSFP; Tables 2-3:
+      CT + MR), what csa_tf trains on and the demo generates unless told otherwise.
     default_crop_size: the paper's in-plane crop (pixels).
   """
   name: str
@@ -30,6 +32,7 @@ class DatasetSpec:
   known_raw_values: FrozenSet[int]
   raw_value_aliases: Dict[int, int]
   modalities: Tuple[str, ...]
+  paper_modalities: Tuple[str, ...]
   default_crop_size: int
 
   @property
@@ -48,6 +51,7 @@ MSCMR = DatasetSpec(
     known_raw_values=frozenset({0, 200, 500, 600}),
     raw_value_aliases={},
     modalities=("lge", "bssfp", "t2"),
+    paper_modalities=("lge", "bssfp"),
     default_crop_size=224,
 )
 
@@ -58,6 +62,7 @@ MMWHS = DatasetSpec(
     known_raw_values=frozenset({0, 205, 420, 421, 500, 550, 600, 820, 850}),
     raw_value_aliases={421: 420},
     modalities=("ct", "mr"),
+    paper_modalities=("ct", "mr"),
     default_crop_size=256,
 )
 
@@ -65,6 +70,8 @@ MMWHS = DatasetSpec(
 MSCMR_SEQUENCE_TAGS = {"lge": "LGE", "bssfp": "C0", "t2": "T2"}
 
 _SPECS = {spec.name: spec for spec in (MSCMR, MMWHS)}
+# The supported datasets' names, e.g. the choices of a --dataset flag.
+DATASETS = tuple(_SPECS)
 
 
 def get_spec(name: str) -> DatasetSpec:

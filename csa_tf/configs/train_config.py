@@ -1,11 +1,19 @@
 """Typed training configuration and the six settings of Tables 1-3 (REFERENCE.md section 3).
 
-Only entry points parse flags; they build a `TrainConfig` and library code reads that.
+Every training option is declared once, here, as a field of `TrainConfig` (or, for the
+demo's generated data, `DemoDataConfig`) with its type, default, allowed values, range
+and help text (see csa_tf/configs/options.py). `csa_tf.train` generates its flags from
+these declarations; experiments/*.flags set them; `validate` checks them; config.json
+stores them by field name. Each option list (methods, CSA area norms and reductions,
+strategies, mixed-precision modes) is declared here once and imported where needed.
 """
 import dataclasses
-from typing import List, Optional, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
-from csa_tf.errors import CsaInputError
+from csa_tf.configs import datasets
+from csa_tf.configs import options
+from csa_tf.configs.options import ConfigError, option
+from csa_tf.model.downsampling import size_problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,26 +21,45 @@ class MethodSpec:
   """What distinguishes one row of Tables 1-3 from another.
 
   Attributes:
+    label: the row's name in the paper's tables.
     separate_networks: one network per modality ("Single").
     shared_bn: one BN set for all modalities ("Joint"), fed the concatenated batch.
     extra_loss: None, "kd" (UMMKD), "affinity" or "csa"; weighted by lambda in Eq. 5.
   """
+  label: str
   separate_networks: bool = False
   shared_bn: bool = False
   extra_loss: Optional[str] = None
 
 
+# The settings of Tables 1-3, in the tables' row order.
 METHODS = {
-    "single": MethodSpec(separate_networks=True),
-    "ummkd": MethodSpec(extra_loss="kd"),
-    "joint": MethodSpec(shared_bn=True),
-    "msbn": MethodSpec(),
-    "affinity": MethodSpec(extra_loss="affinity"),
-    "csa": MethodSpec(extra_loss="csa"),
+    "single": MethodSpec("Single", separate_networks=True),
+    "ummkd": MethodSpec("UMMKD", extra_loss="kd"),
+    "joint": MethodSpec("Joint", shared_bn=True),
+    "msbn": MethodSpec("MSBN"),
+    "affinity": MethodSpec("Affinity", extra_loss="affinity"),
+    "csa": MethodSpec("CSA (ours)", extra_loss="csa"),
 }
-METHOD_ORDER = ("single", "ummkd", "joint", "msbn", "affinity", "csa")
-METHOD_LABELS = {"single": "Single", "ummkd": "UMMKD", "joint": "Joint", "msbn": "MSBN",
-                 "affinity": "Affinity", "csa": "CSA (ours)"}
+METHOD_ORDER = tuple(METHODS)
+METHOD_LABELS = {name: spec.label for name, spec in METHODS.items()}
+
+# S_c of Eq. 3: the class's pixel count at the feature resolution (the paper), that count
+# over all pixels, or 1 (see csa_tf.losses.class_affinity_matrices).
+AREA_NORMS = ("count", "fraction", "none")
+# Eq. 4 literally (square of the mean difference) or the mean of squared differences.
+REDUCTIONS = ("mean_then_square", "square_then_mean")
+# Adjacent intermediate layers at several feature scales: the paper picks "feature maps
+# from the intermediate layer" and "layers relatively close to each other" at "multiple
+# feature scales" (Sec. 3, Implementation; Sec. 1). g3 (H/4, 4F) is average-pooled onto
+# g4 (H/8, 8F); g5/g6 (16F) and g7/g8 (32F) are at H/8. g9/g10 are left out as "too
+# closely related to the ground truth mask".
+DEFAULT_CSA_PAIRS = (("g3", "g4"), ("g5", "g6"), ("g7", "g8"))
+# tf.distribute strategies (csa_tf/training/distribution.py).
+STRATEGIES = ("default", "mirrored", "multi_worker")
+# Mixed-precision mode -> Keras dtype policy of the networks (csa_tf/model/bundle.py):
+# float32 variables, half-precision compute; None is Keras' float32 default.
+MIXED_PRECISION_POLICIES = {"off": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 # Fields that fix the shape of what a model dir holds: resuming with other values is an
 # error, not a silent restart.
@@ -40,107 +67,184 @@ ARCHITECTURE_FIELDS = ("method", "modalities", "feature_base", "num_classes",
                        "in_channels", "crop_size", "dataset")
 
 
+def parse_csa_pairs(text: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
+  """Parses ["g3:g4", "g5:g6"] into (("g3", "g4"), ("g5", "g6")).
+
+  Raises:
+    ConfigError: an entry is not of the form l:k.
+  """
+  pairs = []
+  for item in text:
+    parts = item.split(":")
+    if len(parts) != 2 or not all(parts):
+      raise ConfigError("{csa_pairs}: {item} is not of the form layer:layer (e.g. g3:g4)",
+                        "csa_pairs", item=repr(item))
+    pairs.append((parts[0], parts[1]))
+  return tuple(pairs)
+
+
+def format_csa_pairs(pairs: Sequence[Tuple[str, str]]) -> Tuple[str, ...]:
+  """(("g3", "g4"),) -> ("g3:g4",): the form of --csa_pairs and parse_csa_pairs."""
+  return tuple(f"{l}:{k}" for l, k in pairs)
+
+
+_PAPER_PAIRS = " or ".join(",".join(datasets.get_spec(name).paper_modalities)
+                           for name in datasets.DATASETS)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """Everything a training run needs. Defaults are the paper's (see experiments/*.flags)."""
-  model_dir: str
-  data_dir: str
-  dataset: str
-  num_classes: int
-  crop_size: int
-  modalities: Tuple[str, ...] = ("lge", "bssfp")
-  method: str = "csa"
-  train_steps: int = 1000
-  batch_size: int = 8
-  feature_base: int = 16
-  in_channels: int = 1
-  dropout_rate: float = 0.25
-  learning_rate: float = 1e-4
-  lr_decay_rate: float = 0.95
-  lr_decay_steps: int = 1000
-  alpha: float = 1.0
-  beta: float = 1.0
-  lam: float = 0.5
-  l2_weight: float = 1e-4
-  csa_pairs: Tuple[Tuple[str, str], ...] = (("g3", "g4"), ("g5", "g6"), ("g7", "g8"))
-  csa_area_norm: str = "count"
-  csa_reduction: str = "mean_then_square"
-  kd_temperature: float = 2.0
-  seed: int = 0
-  deterministic: bool = False
-  jit_compile: bool = False
-  mixed_precision: str = "off"
-  augment: bool = False
-  labelled_slices_only: bool = True
-  checkpoint_every: int = 500
-  bn_recalibration_batches: int = 20
-  keep_checkpoints: int = 3
-  log_every: int = 50
-  # TensorBoard images every this many steps (0: never); see csa_tf/training/summary_images.py.
-  image_summary_every: int = 0
-  # tf.distribute: "default" (one device), "mirrored" (local GPUs), "multi_worker".
-  strategy: str = "default"
+  """Everything a training run needs. Defaults are the paper's (see experiments/*.flags).
+
+  Each field's declaration (its `option`) holds its help text, allowed values and range;
+  read them there, or with `python -m csa_tf.train --helpfull`.
+  """
+  model_dir: str = option(
+      help="Run folder: checkpoints, config, TensorBoard.", flag_default=None)
+  data_dir: str = option(
+      help="Prepared data (PREP). Default: generate phantoms under "
+      "<model_dir>/phantom_data.", flag_default=None)
+  # Facts of the prepared data, read from it rather than set by the user.
+  dataset: str = option(help="The prepared data's dataset.", choices=datasets.DATASETS,
+                        flag=None)
+  num_classes: int = option(help="Classes of the prepared data, background included.",
+                            check=options.positive_integer, flag=None)
+  crop_size: int = option(help="In-plane size of the prepared slices.",
+                          check=size_problem, flag=None)
+  modalities: Tuple[str, ...] = option(
+      datasets.MSCMR.paper_modalities,
+      help="Modalities to train on; default the paper's pair of the dataset "
+      f"({_PAPER_PAIRS}).", flag_default=())
+  method: str = option(
+      "csa", choices=METHOD_ORDER,
+      help="Setting of Tables 1-3: " + ", ".join(METHOD_ORDER) + ".")
+  train_steps: int = option(
+      1000, check=options.positive_integer,
+      help="Total training steps (resume continues to it).")
+  batch_size: int = option(8, check=options.positive_integer,
+                           help="Slices per modality per step (paper: 8).")
+  feature_base: int = option(16, check=options.positive_integer,
+                             help="Channels of the first group (REFERENCE: 16).")
+  in_channels: int = option(1, check=options.positive_integer, flag=None,
+                            help="Input channels of the network (one slice).")
+  dropout_rate: float = option(
+      0.25, check=options.in_interval(0, 1, low_open=False, high_open=True),
+      help="Dropout rate (paper's keep_prob 0.75).")
+  learning_rate: float = option(1e-4, check=options.positive,
+                                help="Adam learning rate (paper: 1e-4).")
+  lr_decay_rate: float = option(
+      0.95, check=options.in_interval(0, 1, low_open=True, high_open=False),
+      help="Learning-rate factor per decay period.")
+  lr_decay_steps: int = option(1000, check=options.positive_integer,
+                               help="Steps per learning-rate decay period.")
+  alpha: float = option(1.0, check=options.non_negative,
+                        help="Weight of the Dice losses (Eq. 5).")
+  beta: float = option(1.0, check=options.non_negative,
+                       help="Weight of the cross-entropy losses (Eq. 5).")
+  # `lambda` is a Python keyword: the field is `lam`, the flag --lambda.
+  lam: float = option(0.5, check=options.non_negative, flag="lambda",
+                      help="Weight of the extra loss: CSA, affinity or KD (Eq. 5).")
+  l2_weight: float = option(1e-4, check=options.non_negative,
+                            help="Weight decay on conv kernels (0.5*||W||^2).")
+  csa_pairs: Tuple[Tuple[str, str], ...] = option(
+      DEFAULT_CSA_PAIRS, parse=parse_csa_pairs, unparse=format_csa_pairs,
+      help="CSA layer pairs l:k (taps g1..g10); default: adjacent intermediate groups at "
+      "two scales.")
+  csa_area_norm: str = option(
+      "count", choices=AREA_NORMS,
+      help="S_c of Eq. 3: class pixel count (paper), fraction, or none.")
+  csa_reduction: str = option(
+      "mean_then_square", choices=REDUCTIONS,
+      help="Eq. 4 literally (mean_then_square) or mean of squares.")
+  kd_temperature: float = option(2.0, check=options.positive,
+                                 help="UMMKD's softmax temperature.")
+  seed: int = option(0, help="Seed of weights, dropout and the input streams.")
+  deterministic: bool = option(False, help="Enable TF op determinism (slower).")
+  jit_compile: bool = option(False, help="Compile the training step with XLA.")
+  mixed_precision: str = option(
+      "off", choices=tuple(MIXED_PRECISION_POLICIES),
+      help="Mixed precision: bfloat16 or float16 compute (fp16 with dynamic loss "
+      "scaling); variables and losses stay float32.")
+  augment: bool = option(False,
+                         help="Random flips and intensity jitter (not in the paper).")
+  labelled_slices_only: bool = option(
+      True, flag="all_slices", inverse_flag=True,
+      help="Train on unlabelled slices too (default: only slices with some foreground).")
+  checkpoint_every: int = option(500, check=options.positive_integer,
+                                 help="Steps between checkpoints.")
+  bn_recalibration_batches: int = option(
+      20, check=options.non_negative,
+      help="Training batches per modality on which BN statistics are re-estimated with "
+      "dropout off before each checkpoint (0: off; see "
+      "csa_tf/training/bn_recalibration.py).")
+  keep_checkpoints: int = option(3, check=options.positive_integer,
+                                 help="Checkpoints kept (older ones are deleted).")
+  log_every: int = option(50, check=options.positive_integer,
+                          help="Steps between progress lines and scalars.")
+  image_summary_every: int = option(
+      0, check=options.non_negative,
+      help="Steps between TensorBoard image summaries: segmentation overlays and the "
+      "first CSA pair's affinity matrices (0: never; see "
+      "csa_tf/training/summary_images.py).")
+  strategy: str = option(
+      "default", choices=STRATEGIES,
+      help="tf.distribute strategy: default (one device), mirrored (all local GPUs), "
+      "multi_worker (cluster from TF_CONFIG). --batch_size is the global batch per "
+      "modality, split over the replicas.")
 
   @property
   def method_spec(self) -> MethodSpec:
     return METHODS[self.method]
 
+  @classmethod
+  def for_data(cls, values: Mapping[str, Any], *, spec: datasets.DatasetSpec,
+               available_modalities: Sequence[str], crop_size: int,
+               data_dir: str) -> "TrainConfig":
+    """The validated config of training on prepared data with the user's option values.
+
+    Args:
+      values: field values the user chose (e.g. `options.values_from_flags`); an empty
+        or absent `modalities` means the dataset's paper pair (those of it the data
+        hold).
+      spec: the data's dataset.
+      available_modalities: the modalities the data hold (or will hold).
+      crop_size: the data's crop size.
+      data_dir: the prepared data folder (named in messages).
+
+    Raises:
+      ConfigError: a value out of range, or a modality the data do not hold.
+    """
+    modalities = tuple(values.get("modalities") or ()) or tuple(
+        m for m in spec.paper_modalities if m in available_modalities)
+    for modality in modalities:
+      if modality not in available_modalities:
+        raise ConfigError("{modalities}: {modality} is not in {data_dir} (prepared: "
+                          "{available})", "modalities", modality=repr(modality),
+                          data_dir=data_dir, available=", ".join(available_modalities))
+    return cls(**dict(values, data_dir=data_dir, dataset=spec.name,
+                      num_classes=spec.num_classes, crop_size=crop_size,
+                      modalities=modalities)).validate()
+
   def validate(self) -> "TrainConfig":
     """Checks values a user can get wrong; returns self.
 
     Raises:
-      CsaInputError: naming the flag and the problem.
+      ConfigError: naming the field(s) and the problem.
     """
-    if self.method not in METHODS:
-      raise CsaInputError(f"--method={self.method}: unknown method; expected one of "
-                          f"{', '.join(METHOD_ORDER)}")
-    positive = dict(train_steps=self.train_steps, batch_size=self.batch_size,
-                    feature_base=self.feature_base, lr_decay_steps=self.lr_decay_steps,
-                    checkpoint_every=self.checkpoint_every, log_every=self.log_every,
-                    keep_checkpoints=self.keep_checkpoints, in_channels=self.in_channels)
-    for name, value in positive.items():
-      if value < 1:
-        raise CsaInputError(f"--{name}={value}: must be a positive integer")
-    for name in ("learning_rate", "kd_temperature"):
-      if not getattr(self, name) > 0:
-        raise CsaInputError(f"--{name}={getattr(self, name)}: must be positive")
-    for name in ("alpha", "beta", "lam", "l2_weight"):
-      if not getattr(self, name) >= 0:
-        raise CsaInputError(f"--{name}={getattr(self, name)}: must be >= 0")
-    if not 0 < self.lr_decay_rate <= 1:
-      raise CsaInputError(f"--lr_decay_rate={self.lr_decay_rate}: must be in (0, 1]")
-    if not 0 <= self.dropout_rate < 1:
-      raise CsaInputError(f"--dropout_rate={self.dropout_rate}: must be in [0, 1)")
-    if self.bn_recalibration_batches < 0:
-      raise CsaInputError(f"--bn_recalibration_batches={self.bn_recalibration_batches}: "
-                          "must be >= 0")
-    if self.image_summary_every < 0:
-      raise CsaInputError(f"--image_summary_every={self.image_summary_every}: must be >= 0")
+    options.check_options(self)
     if len(self.modalities) < 1 or len(set(self.modalities)) != len(self.modalities):
-      raise CsaInputError(f"--modalities={','.join(self.modalities)}: list each modality "
-                          "once")
+      raise ConfigError("{modalities}={value}: list each modality once", "modalities",
+                        value=",".join(self.modalities))
     if self.method != "single" and len(self.modalities) < 2:
-      raise CsaInputError(f"--method={self.method} needs at least two --modalities")
-    if self.crop_size % 8:
-      raise CsaInputError(f"crop size {self.crop_size} is not a multiple of 8")
-    if self.csa_area_norm not in ("count", "fraction", "none"):
-      raise CsaInputError(f"--csa_area_norm={self.csa_area_norm}: expected count, "
-                          "fraction or none")
-    if self.csa_reduction not in ("mean_then_square", "square_then_mean"):
-      raise CsaInputError(f"--csa_reduction={self.csa_reduction}: expected "
-                          "mean_then_square or square_then_mean")
-    if self.mixed_precision not in ("off", "bf16", "fp16"):
-      raise CsaInputError(f"--mixed_precision={self.mixed_precision}: expected off, bf16 "
-                          "or fp16")
-    if self.strategy not in ("default", "mirrored", "multi_worker"):
-      raise CsaInputError(f"--strategy={self.strategy}: expected default, mirrored or "
-                          "multi_worker")
+      raise ConfigError("{method}={value} needs at least two {modalities}", "method",
+                        "modalities", value=self.method)
     if self.jit_compile and self.strategy != "default":
       # Not built or tested: XLA would have to compile the replica function with its
       # all-reduces inside.
-      raise CsaInputError(f"--jit_compile is not supported with --strategy={self.strategy}")
+      raise ConfigError("{jit_compile} is not supported with {strategy}={value}",
+                        "jit_compile", "strategy", value=self.strategy)
     if self.method_spec.extra_loss in ("csa", "affinity") and not self.csa_pairs:
-      raise CsaInputError("--csa_pairs: at least one layer pair is needed")
+      raise ConfigError("{csa_pairs}: at least one layer pair is needed", "csa_pairs")
     return self
 
   def to_json(self) -> dict:
@@ -158,17 +262,31 @@ class TrainConfig:
     return cls(**values)
 
 
-def parse_csa_pairs(text: List[str]) -> Tuple[Tuple[str, str], ...]:
-  """Parses ["g3:g4", "g5:g6"] into (("g3", "g4"), ("g5", "g6")).
+@dataclasses.dataclass(frozen=True)
+class DemoDataConfig:
+  """The phantoms `csa_tf.train` generates and prepares when it is given no PREP."""
+  dataset: str = option("mscmr", choices=datasets.DATASETS,
+                        help="Phantom dataset layout when no --data_dir is given.")
+  phantom_patients: int = option(8, check=options.positive_integer,
+                                 help="Phantom patients when no --data_dir.")
+  phantom_scale: float = option(
+      0.25, check=options.in_interval(0, 1, low_open=True, high_open=False),
+      help="Phantom in-plane scale when no --data_dir.")
+  crop_size: int = option(
+      64, check=size_problem,
+      help="Crop size of the phantom preparation when no --data_dir (a real PREP's crop "
+      "size is read from it).")
 
-  Raises:
-    CsaInputError: an entry is not of the form l:k.
-  """
-  pairs = []
-  for item in text:
-    parts = item.split(":")
-    if len(parts) != 2 or not all(parts):
-      raise CsaInputError(f"--csa_pairs: {item!r} is not of the form layer:layer "
-                          "(e.g. g3:g4)")
-    pairs.append((parts[0], parts[1]))
-  return tuple(pairs)
+  @property
+  def spec(self) -> datasets.DatasetSpec:
+    return datasets.get_spec(self.dataset)
+
+  def validate(self) -> "DemoDataConfig":
+    """Checks every value; returns self.
+
+    Raises:
+      ConfigError: naming the field and the problem.
+    """
+    options.check_options(self)
+    return self
+

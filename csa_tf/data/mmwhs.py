@@ -27,9 +27,9 @@ from csa_tf.data import preparation
 _FILE_PATTERN = re.compile(r"(ct|mr)_train_(\d+)_(image|label)\.nii(?:\.gz)?")
 
 
-def prepare_mmwhs(raw_dir: str, output_dir: str, *, modalities=("ct", "mr"),
-                  crop_size: int = 256, test_fraction: float = 0.2, seed: int = 0,
-                  overwrite: bool = False) -> str:
+def prepare_mmwhs(raw_dir: str, output_dir: str, *,
+                  modalities=datasets.MMWHS.paper_modalities, crop_size: int = 256,
+                  test_fraction: float = 0.2, seed: int = 0, overwrite: bool = False) -> str:
   """Prepares the release under raw_dir into output_dir; returns the summary text.
 
   Raises:

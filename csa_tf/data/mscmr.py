@@ -24,9 +24,9 @@ from csa_tf.data import preparation
 _FILE_PATTERN = re.compile(r"patient(\d+)_(C0|LGE|T2)(_manual)?\.nii(?:\.gz)?")
 
 
-def prepare_mscmr(raw_dir: str, output_dir: str, *, modalities=("lge", "bssfp"),
-                  crop_size: int = 224, test_fraction: float = 0.2, seed: int = 0,
-                  overwrite: bool = False) -> str:
+def prepare_mscmr(raw_dir: str, output_dir: str, *,
+                  modalities=datasets.MSCMR.paper_modalities, crop_size: int = 224,
+                  test_fraction: float = 0.2, seed: int = 0, overwrite: bool = False) -> str:
   """Prepares the release under raw_dir into output_dir; returns the summary text.
 
   Raises:

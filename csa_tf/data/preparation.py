@@ -8,6 +8,7 @@ import numpy as np
 import csa_tf
 from csa_tf.data import prepared
 from csa_tf.configs.datasets import DatasetSpec
+from csa_tf.model.downsampling import size_problem
 from csa_tf.errors import CsaInputError
 from csa_tf.io import atomic
 from csa_tf.io.nifti import Volume, check_not_blank
@@ -232,8 +233,8 @@ def check_common_flags(crop_size: int, test_fraction: float, raw_dir: str = "",
     if out == raw or out.startswith(raw + os.sep):
       raise CsaInputError(f"--output_dir={output_dir}: lies inside --raw_dir={raw_dir}; "
                           "the raw data folder is never written to")
-  if crop_size <= 0 or crop_size % 8:
-    raise CsaInputError(f"--crop_size={crop_size}: must be a positive multiple of 8 "
-                        "(the network downsamples by 8)")
+  problem = size_problem(crop_size)
+  if problem:
+    raise CsaInputError(f"--crop_size={crop_size}: {problem}")
   if not 0 <= test_fraction < 1:
     raise CsaInputError(f"--test_fraction={test_fraction}: must be in [0, 1)")

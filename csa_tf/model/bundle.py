@@ -9,12 +9,12 @@ from typing import Dict, List
 import keras
 import tensorflow as tf
 
-from csa_tf.configs.train_config import TrainConfig
+from csa_tf.configs.train_config import MIXED_PRECISION_POLICIES, TrainConfig
 from csa_tf.errors import CsaInputError
 from csa_tf.model.csa_net import CsaNet
 
-# --mixed_precision -> Keras dtype policy: float32 variables, half-precision compute.
-DTYPE_POLICIES = {"off": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+# Mixed-precision mode -> Keras dtype policy (declared with the option it serves).
+DTYPE_POLICIES = MIXED_PRECISION_POLICIES
 
 
 class ModelBundle:
@@ -26,9 +26,9 @@ class ModelBundle:
 
   Args:
     config: the run's config.
-    mixed_precision: "off", "bf16" or "fp16" (compute dtype of the networks). The policy
-      is given to the networks rather than set globally, so that one process can hold
-      float32 and mixed-precision bundles side by side.
+    mixed_precision: a mode of MIXED_PRECISION_POLICIES (compute dtype of the networks,
+      "off": float32). The policy is given to the networks rather than set globally, so
+      that one process can hold float32 and mixed-precision bundles side by side.
     synchronized_bn: BatchNorm batch statistics all-reduced across tf.distribute
       replicas (see csa_tf/training/distribution.py); off on a single device, where Keras'
       synchronised moments would only change the rounding.
@@ -42,7 +42,7 @@ class ModelBundle:
     self.config = config
     self.synchronized_bn = synchronized_bn
     if mixed_precision not in DTYPE_POLICIES:
-      raise CsaInputError(f"--mixed_precision={mixed_precision}: expected one of "
+      raise CsaInputError(f"mixed precision {mixed_precision!r}: expected one of "
                           f"{', '.join(DTYPE_POLICIES)}")
     policy = DTYPE_POLICIES[mixed_precision]
     spec = config.method_spec

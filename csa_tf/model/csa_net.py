@@ -8,15 +8,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
+from csa_tf.model.downsampling import DOWNSAMPLE
+from csa_tf.model.downsampling import size_problem
 from csa_tf.model.modality_batch_norm import ModalityBatchNorm
 from csa_tf.model.modality_batch_norm import validate_modalities
 from csa_tf.model.pre_activation_conv import LEAKY_SLOPE
 from csa_tf.model.pre_activation_conv import PreActivationConv
 from csa_tf.model.pre_activation_conv import conv2d
 from csa_tf.model.residual_block import ResidualBlock
-
-# Total downsampling of groups 1-3 (three 2x2 max-pools); H and W must be multiples of it.
-DOWNSAMPLE = 8
 
 # (group, [(attribute, channel multiple of feature_base, dilation)]) for groups 2-8; every
 # entry is a residual block. Group 1 (plain conv + RB) and groups 9-10 are written out.
@@ -139,9 +138,9 @@ class CsaNet(keras.Model):
     if len(shape) != 4:
       raise ValueError(f"{self.name}: expected NHWC images, got shape {tuple(shape)}")
     for axis, size in (("height", shape[1]), ("width", shape[2])):
-      if size is not None and size % DOWNSAMPLE:
-        raise ValueError(
-            f"{self.name}: image {axis} {size} is not a multiple of {DOWNSAMPLE}")
+      problem = None if size is None else size_problem(size)
+      if problem:
+        raise ValueError(f"{self.name}: image {axis} {size} {problem}")
     if shape[3] is not None and shape[3] != self.in_channels:
       raise ValueError(f"{self.name}: images have {shape[3]} channels, expected "
                        f"in_channels={self.in_channels}")
@@ -184,7 +183,7 @@ class CsaNet(keras.Model):
     forward pass; prefer `call_with_features`.
 
     Raises:
-      ValueError: unknown modality, or a static H or W that is not a multiple of 8.
+      ValueError: unknown modality, or a static H or W that breaks `size_problem`.
     """
     if not isinstance(modality, str) or modality not in self.modalities:
       raise ValueError(f"{self.name}: unknown modality {modality!r}; expected one of "

@@ -27,6 +27,7 @@ from csa_tf.io import run_record
 from csa_tf.errors import CsaInputError
 from csa_tf.io.run_dir import RunDir
 from csa_tf.model.csa_net import CsaNet
+from csa_tf.model.downsampling import DOWNSAMPLE
 
 SAVED_MODEL_SUBDIR = "saved_model"
 KERAS_FILE = "model.keras"
@@ -65,7 +66,7 @@ def description(config: config_lib.TrainConfig, modality: str, checkpoint: str) 
           "name": "images", "dtype": "float32",
           "shape": [None, None, None, config.in_channels],
           "layout": "NHWC: batch, height, width, adjacent slices",
-          "spatial_multiple": 8,
+          "spatial_multiple": DOWNSAMPLE,
           "training_crop_size": config.crop_size,
       },
       "preprocessing": (
@@ -73,7 +74,7 @@ def description(config: config_lib.TrainConfig, modality: str, checkpoint: str) 
           "slice z-scored on its own: (x - mean) / std over the slice's pixels, and all "
           "zeros where std <= 1e-6 (csa_tf.data.slicing.zscore_slices). Training used crops "
           f"of {config.crop_size} x {config.crop_size} around the heart; whole slices "
-          "padded to a multiple of 8 also work (csa_tf.predict does that)."),
+          f"padded to a multiple of {DOWNSAMPLE} also work (csa_tf.predict does that)."),
       "outputs": {
           "probabilities": "float32 [batch, H, W, num_classes], softmax over classes",
           "classes": "int32 [batch, H, W], argmax of probabilities",

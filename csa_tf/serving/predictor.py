@@ -6,13 +6,13 @@ r"""Segments new NIfTI volumes with a trained run; no label needed.
 
 Slices are taken as in preparation (MS-CMRSeg: the stored short-axis stack; MM-WHS:
 coronal slices from the header's orientation). There is no label to centre a crop on,
-so by default each whole slice is used, padded to a square whose side is a multiple of 8
-(`full`); `center` instead takes the training crop size around the slice centre, which
-matches the training field of view when the heart is near the image centre. The output
-holds the dataset's original label values (500/200/600 or 205/420/500/820), the input's
-affine and header, and is never written over an existing file without --overwrite.
+so by default each whole slice is used, padded to the smallest square the network takes
+(`full`, see csa_tf.model.downsampling); `center` instead takes the training crop size
+around the slice centre, which matches the training field of view when the heart is near
+the image centre. The output holds the dataset's original label values (500/200/600 or
+205/420/500/820), the input's affine and header, and is never written over an existing
+file without --overwrite.
 """
-import math
 import os
 from typing import Callable, List, Tuple
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError
+from csa_tf.model.downsampling import DOWNSAMPLE, padded_size
 from csa_tf.io.nifti import check_not_blank, read_volume, write_label_volume
 from csa_tf.io.run_dir import RunDir
 from csa_tf.data.slicing import (VolumeGeometry, header_ornt, slice_axis_ornt,
@@ -32,10 +33,10 @@ def slice_geometry(shape: Tuple[int, int, int], affine: np.ndarray, *, dataset: 
                    field_of_view: str, crop_size: int) -> VolumeGeometry:
   """The geometry that turns a new volume into network slices without a label."""
   ornt = slice_axis_ornt(2) if dataset == "mscmr" else header_ornt(affine)
-  probe = VolumeGeometry(tuple(shape), ornt, (0, 0), 8)
+  probe = VolumeGeometry(tuple(shape), ornt, (0, 0), DOWNSAMPLE)
   _, height, width = probe.standard_shape
   if field_of_view == "full":
-    size = int(math.ceil(max(height, width) / 8.0) * 8)
+    size = padded_size(max(height, width))
   else:
     size = crop_size
   origin = (height // 2 - size // 2, width // 2 - size // 2)

@@ -21,9 +21,8 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from csa_tf.errors import CsaInputError
-
-STRATEGIES = ("default", "mirrored", "multi_worker")
+from csa_tf.configs.options import ConfigError
+from csa_tf.configs.train_config import STRATEGIES
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -34,7 +33,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
   TensorFlow operation runs in the process.
 
   Raises:
-    CsaInputError: unknown name, or TF_CONFIG is missing or unreadable for multi_worker.
+    ConfigError: unknown name, or TF_CONFIG is missing or unreadable for multi_worker
+      (a CsaInputError naming the `strategy` option).
   """
   if name == "default":
     return tf.distribute.get_strategy()
@@ -43,15 +43,16 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
   if name == "multi_worker":
     text = os.environ.get("TF_CONFIG")
     if not text:
-      raise CsaInputError("--strategy=multi_worker needs the TF_CONFIG environment "
-                          "variable (cluster and task of this worker)")
+      raise ConfigError("{strategy}=multi_worker needs the TF_CONFIG environment "
+                        "variable (cluster and task of this worker)", "strategy")
     try:
       json.loads(text)["cluster"]["worker"]  # pylint: disable=expression-not-assigned
     except (ValueError, KeyError, TypeError):
-      raise CsaInputError(f"TF_CONFIG={text!r}: expected JSON with cluster.worker and "
-                          "task") from None
+      raise ConfigError("{strategy}=multi_worker: TF_CONFIG={text} is not JSON with "
+                        "cluster.worker and task", "strategy", text=repr(text)) from None
     return tf.distribute.MultiWorkerMirroredStrategy()
-  raise CsaInputError(f"--strategy={name}: expected one of {', '.join(STRATEGIES)}")
+  raise ConfigError("{strategy}={name}: unknown strategy; expected one of {allowed}",
+                    "strategy", name=name, allowed=", ".join(STRATEGIES))
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -81,11 +82,12 @@ def check_batch_size(batch_size: int, num_replicas: int) -> int:
   """Returns the per-replica batch size.
 
   Raises:
-    CsaInputError: batch_size is not a multiple of the number of replicas.
+    ConfigError: batch_size is not a multiple of the number of replicas.
   """
   if batch_size % num_replicas:
-    raise CsaInputError(f"--batch_size={batch_size} (per modality) must be a multiple of "
-                        f"the {num_replicas} replicas")
+    raise ConfigError("{batch_size}={value} (per modality) must be a multiple of the "
+                      "{replicas} replicas", "batch_size", value=batch_size,
+                      replicas=num_replicas)
   return batch_size // num_replicas
 
 
