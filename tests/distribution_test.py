@@ -45,7 +45,8 @@ def test_shards_of_each_pipeline_cover_its_replicas_in_order():
 
 def test_batch_size_must_split_over_replicas():
   assert distribution.check_batch_size(8, 4) == 2
-  with pytest.raises(CsaInputError, match="--batch_size=6.*multiple of the 4 replicas"):
+  with pytest.raises(CsaInputError, match=r"^batch_size=6 \(per modality\) must be a "
+                     "multiple of the 4 replicas"):
     distribution.check_batch_size(6, 4)
   with pytest.raises(CsaInputError, match="TF_CONFIG"):
     old = os.environ.pop("TF_CONFIG", None)

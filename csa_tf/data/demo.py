@@ -2,6 +2,7 @@
 import os
 
 from csa_tf.configs import datasets
+from csa_tf.errors import param
 from csa_tf.data import phantom
 from csa_tf.data.mmwhs import prepare_mmwhs
 from csa_tf.data.mscmr import prepare_mscmr
@@ -17,7 +18,8 @@ def prepare_phantom_data(model_dir: str, *, dataset: str, num_patients: int, sca
   raw_dir = os.path.join(base, "raw")
   spec = datasets.get_spec(dataset)
   modalities = ("lge", "bssfp") if dataset == "mscmr" else spec.modalities
-  log(f"no --data_dir: generating {num_patients} {dataset} phantom patients in {raw_dir}")
+  log(f"no {param('data_dir')}: generating {num_patients} {dataset} phantom patients in "
+      f"{raw_dir}")
   if not os.path.isdir(raw_dir):
     phantom.generate_phantoms(dataset, raw_dir, num_patients=num_patients, seed=seed,
                               scale=scale, modalities=modalities)

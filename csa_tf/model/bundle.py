@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from csa_tf.configs.train_config import TrainConfig
-from csa_tf.errors import CsaInputError
+from csa_tf.errors import CsaInputError, param
 from csa_tf.model.csa_net import CsaNet
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -45,7 +45,7 @@ class ModelBundle:
     self.config = config
     self.synchronized_bn = synchronized_bn
     if mixed_precision not in DTYPE_POLICIES:
-      raise CsaInputError(f"--mixed_precision={mixed_precision}: expected one of "
+      raise CsaInputError(f"{param('mixed_precision', mixed_precision)}: expected one of "
                           f"{', '.join(DTYPE_POLICIES)}")
     policy = DTYPE_POLICIES[mixed_precision]
     spec = config.method_spec

@@ -25,7 +25,7 @@ import tensorflow as tf
 from csa_tf.configs import train_config as config_lib
 from csa_tf.configs import datasets
 from csa_tf.io import run_record
-from csa_tf.errors import CsaInputError
+from csa_tf.errors import CsaInputError, param
 from csa_tf.model.csa_net import CsaNet
 from csa_tf.model.bundle import ModelBundle
 
@@ -107,7 +107,8 @@ def export_run(model_dir: str, output_dir: str, *, overwrite: bool = False,
     folder = os.path.join(output_dir, modality)
     if os.path.exists(folder):
       if not overwrite:
-        raise CsaInputError(f"{folder}: exists; pass --overwrite to replace it")
+        raise CsaInputError(f"{folder}: exists; pass {param('overwrite', True)} to "
+                            "replace it")
       shutil.rmtree(folder)
     os.makedirs(folder)
     net = single_modality_network(bundle, modality)

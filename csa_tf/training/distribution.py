@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from csa_tf.errors import CsaInputError
+from csa_tf.errors import CsaInputError, param
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -43,7 +43,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
   if name == "multi_worker":
     text = os.environ.get("TF_CONFIG")
     if not text:
-      raise CsaInputError("--strategy=multi_worker needs the TF_CONFIG environment "
+      raise CsaInputError(f"{param('strategy', 'multi_worker')} needs the TF_CONFIG "
+                          "environment "
                           "variable (cluster and task of this worker)")
     try:
       json.loads(text)["cluster"]["worker"]  # pylint: disable=expression-not-assigned
@@ -84,7 +85,8 @@ def check_batch_size(batch_size: int, num_replicas: int) -> int:
     CsaInputError: batch_size is not a multiple of the number of replicas.
   """
   if batch_size % num_replicas:
-    raise CsaInputError(f"--batch_size={batch_size} (per modality) must be a multiple of "
+    raise CsaInputError(f"{param('batch_size', batch_size)} (per modality) must be a "
+                        "multiple of "
                         f"the {num_replicas} replicas")
   return batch_size // num_replicas
 
