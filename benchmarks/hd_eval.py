@@ -11,16 +11,19 @@ prints `hd_eval_seconds: X` (median over repeats of the mean seconds per class) 
 seconds of one full `volume_metrics` call (all metrics, all classes). With `--compare` it
 also times medpy's `hd` on one uncropped class (~20 s).
 """
-import argparse
 import statistics
 import time
 from typing import Sequence, Tuple
 
 import numpy as np
+from absl import flags
 from medpy.metric import binary as medpy_binary
 from scipy import ndimage
 
+from csa_tf import cli
 from csa_tf import metrics
+
+FLAGS = flags.FLAGS
 
 SPACING_MM = (0.4, 0.4, 0.6)
 NUM_CLASSES = 5
@@ -122,20 +125,24 @@ def measure_uncropped_medpy_seconds(shape: Tuple[int, int, int] = (512, 512, 250
   return seconds, uncropped, metrics.hausdorff(pred_c, gt_c, SPACING_MM)
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--compare", action="store_true",
-                      help="also time medpy's hd on one uncropped class (~20 s)")
-  parser.add_argument("--repeats", type=int, default=3)
-  args = parser.parse_args(argv)
-  print(f"hd_eval_seconds: {measure_hd_eval_seconds(repeats=args.repeats):.3f}")
+def define_flags():
+  """Defines this command's flags (only when run as a command, never on import)."""
+  flags.DEFINE_bool("compare", False,
+                    "Also time medpy's hd on one uncropped class (~20 s).")
+  flags.DEFINE_integer("repeats", 3, "Timed repeats; the median is reported.",
+                       lower_bound=1)
+
+
+def main(argv) -> None:
+  del argv
+  print(f"hd_eval_seconds: {measure_hd_eval_seconds(repeats=FLAGS.repeats):.3f}")
   print("volume_metrics_seconds (all metrics, 4 classes): "
-        f"{measure_volume_metrics_seconds(repeats=args.repeats):.3f}")
-  if args.compare:
+        f"{measure_volume_metrics_seconds(repeats=FLAGS.repeats):.3f}")
+  if FLAGS.compare:
     seconds, uncropped, cropped = measure_uncropped_medpy_seconds()
     print(f"uncropped_medpy_hd_seconds (one class): {seconds:.3f} "
           f"(hd {uncropped:.4f} mm uncropped, {cropped:.4f} mm cropped)")
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main, define_flags)

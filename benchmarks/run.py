@@ -27,8 +27,9 @@ import tempfile
 import time
 from typing import Callable, Dict
 
-from absl import app
 from absl import flags
+
+from csa_tf import cli
 
 FLAGS = flags.FLAGS
 
@@ -282,5 +283,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags, tensorflow=True)

@@ -1,18 +1,21 @@
-"""User-facing errors and the one-line reporting used by every command-line entry point.
+"""User-facing errors, and how their messages name a parameter.
 
-Library code raises `CsaInputError` with a message that names the file or flag and the
-problem. Entry points run
+Library code raises `CsaInputError` with a message that names the file or parameter at
+fault and the problem; the commands (csa_tf/cli.py) turn it into one `error: ...` line
+and exit status 2.
 
-  app.run(run_main(main), flags_parser=parse_flags)
+A message names a parameter through `param`, never with flag syntax:
 
-so that a bad flag value (absl's own parsing), a bad input and a non-finite loss all end
-the same way: one `error: ...` line on stderr, exit status 2, no traceback (set
-CSA_TF_TRACEBACK=1 to see one).
+  raise CsaInputError(f"{param('batch_size', batch_size)}: must be at least 1")
+
+reads "batch_size=0: must be at least 1" to a library caller, and
+"--batch_size=0: must be at least 1" when a command runs the library (`cli.run_main`
+spells parameters as its flags for as long as its main runs), so the library never
+needs to know which command called it.
 """
-import os
-import sys
-
-from absl import flags
+import contextlib
+import contextvars
+from typing import Any, Iterator, Mapping, Optional
 
 
 class CsaInputError(Exception):
@@ -23,46 +26,43 @@ class NonFiniteLossError(RuntimeError):
   """A loss term became NaN or Inf during training; the message names step and term."""
 
 
-EXIT_INPUT_ERROR = 2
+_NO_VALUE = object()
+# None: parameters read as library arguments; a mapping: as the running command's flags
+# (parameter name -> flag name where they differ).
+_FLAG_NAMES: contextvars.ContextVar = contextvars.ContextVar("csa_tf_flag_names",
+                                                             default=None)
 
 
-def report_and_exit(error: BaseException) -> None:
-  """Prints `error` as one line on stderr and exits with EXIT_INPUT_ERROR."""
-  message = " ".join(str(error).split())
-  sys.stderr.write(f"error: {message}\n")
-  sys.stderr.flush()
-  raise SystemExit(EXIT_INPUT_ERROR)
+def param(name: str, value: Any = _NO_VALUE) -> str:
+  """Names parameter `name`, and its value if given, in an error message.
 
-
-def parse_flags(argv):
-  """absl `flags_parser` for app.run: parses argv, a bad flag becomes one error line.
-
-  absl's default parser prints two lines ("FATAL Flags parsing error: ..." and a hint)
-  and exits 1; scripts that check for `error:` and exit status 2 would miss those. Help
-  flags (--help, --helpfull) behave as usual.
+  Args:
+    name: the library's parameter name, e.g. "output_dir".
+    value: the value at fault; omitted, only the name is written.
 
   Returns:
-    The arguments that are not flags (argv[0] first), as absl's parser does.
+    "name" or "name=value" for a library caller. Inside `parameters_as_flags` (a
+    command's main): "--flag" or "--flag=value", where flag is the command's name for
+    the parameter; a value of True reads "--flag" (an absl boolean flag).
   """
+  flag_names = _FLAG_NAMES.get()
+  if flag_names is None:
+    return name if value is _NO_VALUE else f"{name}={value}"
+  flag = "--" + flag_names.get(name, name)
+  return flag if value is _NO_VALUE or value is True else f"{flag}={value}"
+
+
+@contextlib.contextmanager
+def parameters_as_flags(flag_names: Optional[Mapping[str, str]] = None) -> Iterator[None]:
+  """Within the block, `param` spells parameters as command-line flags.
+
+  Args:
+    flag_names: parameter name -> flag name, for the parameters whose flag is named
+      otherwise (e.g. {"scale": "phantom_scale"}); every other parameter's flag has its
+      name.
+  """
+  token = _FLAG_NAMES.set(dict(flag_names or {}))
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as error:
-    if os.environ.get("CSA_TF_TRACEBACK"):
-      raise
-    report_and_exit(error)
-
-
-def run_main(main):
-  """Returns a wrapper of absl `main(argv)` that turns user errors into one line.
-
-  Pass `flags_parser=parse_flags` to app.run as well, so that flag-parsing errors (an
-  unknown flag, a value outside an enum) are reported the same way.
-  """
-  def wrapped(argv):
-    try:
-      return main(argv)
-    except (CsaInputError, NonFiniteLossError) as error:
-      if os.environ.get("CSA_TF_TRACEBACK"):
-        raise
-      report_and_exit(error)
-  return wrapped
+    yield
+  finally:
+    _FLAG_NAMES.reset(token)

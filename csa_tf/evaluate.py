@@ -7,10 +7,10 @@ pastes the prediction back into the original voxel grid (undoing the crop), comp
 class 3D Dice, Hausdorff distance in voxels (like the paper) and in mm, HD95 and ASSD, and
 writes RUN/eval/per_volume.csv and RUN/eval/summary.json, then prints the table.
 """
-from absl import app
 from absl import flags
 
-from csa_tf.errors import CsaInputError, parse_flags, run_main
+from csa_tf import cli
+from csa_tf.errors import CsaInputError
 from csa_tf.evaluation.evaluator import evaluate_run
 
 FLAGS = flags.FLAGS
@@ -25,10 +25,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise CsaInputError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS.model_dir:
-    raise CsaInputError("--model_dir is required")
+  del argv
   if FLAGS.batch_size < 1:
     raise CsaInputError(f"--batch_size={FLAGS.batch_size}: must be a positive integer")
   evaluate_run(FLAGS.model_dir, FLAGS.data_dir, split=FLAGS.split,
@@ -36,5 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(run_main(main), flags_parser=parse_flags)
+  cli.run(main, define_flags, required=("model_dir",), tensorflow=True)

@@ -15,12 +15,10 @@ For every modality M of the run, DIR/M/ holds:
 
 Load with `tf.saved_model.load(DIR/M/saved_model).signatures["serving_default"]`.
 """
-from absl import app
 from absl import flags
 from absl import logging
 
-from csa_tf.errors import CsaInputError, parse_flags, run_main
-from csa_tf.serving.exporter import export_run
+from csa_tf import cli
 
 FLAGS = flags.FLAGS
 
@@ -33,16 +31,13 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise CsaInputError(f"unexpected arguments: {' '.join(argv[1:])}")
-  for name in ("model_dir", "output_dir"):
-    if not FLAGS[name].value:
-      raise CsaInputError(f"--{name} is required")
+  del argv
+  # Imported here, after cli.run has imported TensorFlow quietly.
+  from csa_tf.serving.exporter import export_run  # pylint: disable=g-import-not-at-top
   # SavedModel writing logs every file at INFO.
   logging.set_verbosity(logging.WARNING)
   export_run(FLAGS.model_dir, FLAGS.output_dir, overwrite=FLAGS.overwrite)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(run_main(main), flags_parser=parse_flags)
+  cli.run(main, define_flags, required=("model_dir", "output_dir"), tensorflow=True)

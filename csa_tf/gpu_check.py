@@ -8,8 +8,13 @@ and the result of a small convolution (cuDNN) and matrix product (cuBLAS) on the
 GPU. With no GPU it prints one line starting with "WARNING" and exits 0 (1 with
 --require_gpu), so CPU-only use keeps working.
 """
-import sys
 from typing import Callable, List
+
+from absl import flags
+
+from csa_tf import cli
+
+FLAGS = flags.FLAGS
 
 WARNING_NO_GPU = ("WARNING: TensorFlow sees no GPU; csa_tf will run on the CPU. On a GPU "
                   "host start the container with `docker run --gpus all` (NVIDIA "
@@ -49,13 +54,15 @@ def check(*, require_gpu: bool = False, log: Callable[[str], None] = print) -> i
   return 0
 
 
+def define_flags():
+  """Defines this command's flags (only when run as a command, never on import)."""
+  flags.DEFINE_bool("require_gpu", False, "Exit 1 when TensorFlow sees no GPU.")
+
+
 def main(argv: List[str]) -> int:
-  unknown = [a for a in argv if a != "--require_gpu"]
-  if unknown:
-    print(f"error: unexpected arguments: {' '.join(unknown)}", file=sys.stderr)
-    return 2
-  return check(require_gpu="--require_gpu" in argv)
+  del argv
+  return check(require_gpu=FLAGS.require_gpu)
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  cli.run(main, define_flags, tensorflow=True)

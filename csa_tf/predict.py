@@ -13,10 +13,10 @@ the image centre. The output holds the dataset's original label values (500/200/
 205/420/500/820), the input's affine and header, and is never written over an existing
 file without --overwrite.
 """
-from absl import app
 from absl import flags
 
-from csa_tf.errors import CsaInputError, parse_flags, run_main
+from csa_tf import cli
+from csa_tf.errors import CsaInputError
 from csa_tf.model.downsampling import DOWNSAMPLE
 from csa_tf.serving.predictor import predict_files
 
@@ -37,11 +37,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise CsaInputError(f"unexpected arguments: {' '.join(argv[1:])}")
-  for name in ("model_dir", "modality", "input", "output"):
-    if not FLAGS[name].value:
-      raise CsaInputError(f"--{name} is required")
+  del argv
   if FLAGS.batch_size < 1:
     raise CsaInputError(f"--batch_size={FLAGS.batch_size}: must be a positive integer")
   predict_files(FLAGS.model_dir, FLAGS.modality, FLAGS.input, FLAGS.output,
@@ -50,5 +46,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(run_main(main), flags_parser=parse_flags)
+  cli.run(main, define_flags, required=("model_dir", "modality", "input", "output"),
+          tensorflow=True, flag_names={"output_path": "output"})

@@ -6,13 +6,13 @@ Without --data_dir, cardiac phantoms in the MS-CMRSeg (or --dataset=mmwhs) layou
 generated and prepared under RUN/phantom_data first, so the command works with no
 download. Re-running the same command resumes from RUN's latest checkpoint.
 """
-from absl import app
 from absl import flags
 from absl import logging
 
 from csa_tf.configs import options
 from csa_tf.configs import train_config as config_lib
-from csa_tf.errors import CsaInputError, parse_flags, run_main
+from csa_tf import cli
+from csa_tf.errors import CsaInputError
 from csa_tf.data import demo
 from csa_tf.data.prepared import PreparedDataset
 
@@ -65,10 +65,7 @@ def config_from_flags(model_dir: str):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise CsaInputError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS.model_dir:
-    raise CsaInputError("--model_dir is required")
+  del argv  # cli.run has refused positional arguments and checked --model_dir.
   # TensorFlow's checkpoint saver and tf.distribute log at INFO through absl; keep the
   # progress lines readable.
   logging.set_verbosity(logging.WARNING)
@@ -94,5 +91,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(run_main(main), flags_parser=parse_flags)
+  # The demo's phantom generator names its parameters scale and num_patients.
+  cli.run(main, define_flags, required=("model_dir",), tensorflow=True,
+          flag_names={"scale": "phantom_scale", "num_patients": "phantom_patients"})

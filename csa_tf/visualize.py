@@ -17,11 +17,9 @@ Writes into DIR (default RUN/figures):
                                TensorBoard scalars.
 Every figure of a run uses its own modality's BN statistics (inference mode).
 """
-from absl import app
 from absl import flags
 
-from csa_tf.errors import CsaInputError, parse_flags, run_main
-from csa_tf.visualization.figures import make_figures
+from csa_tf import cli
 
 FLAGS = flags.FLAGS
 
@@ -42,15 +40,14 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise CsaInputError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS.model_dir:
-    raise CsaInputError("--model_dir is required")
-  make_figures(FLAGS.model_dir, data_dir=FLAGS.data_dir, output_dir=FLAGS.output_dir,
-               compare_runs=FLAGS.compare_runs, reproduce_dir=FLAGS.reproduce_dir,
-               num_slices=FLAGS.num_slices, feature_tap=FLAGS.feature_tap)
+  del argv
+  # Imported here, after cli.run has imported TensorFlow quietly.
+  from csa_tf.visualization import figures  # pylint: disable=g-import-not-at-top
+  figures.make_figures(
+      FLAGS.model_dir, data_dir=FLAGS.data_dir, output_dir=FLAGS.output_dir,
+      compare_runs=FLAGS.compare_runs, reproduce_dir=FLAGS.reproduce_dir,
+      num_slices=FLAGS.num_slices, feature_tap=FLAGS.feature_tap)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(run_main(main), flags_parser=parse_flags)
+  cli.run(main, define_flags, required=("model_dir",), tensorflow=True)

@@ -9,11 +9,10 @@ with one crop_size box enclosing the four paper structures (205 LVM, 420 LAC, 50
 820 AA; the rest is background; the release's stray 421 is read as 420), z-scores each
 slice, and splits each modality's patients (different people in CT and MR) 80/20.
 """
-from absl import app
 from absl import flags
 
+from csa_tf import cli
 from csa_tf.configs import datasets
-from csa_tf.errors import CsaInputError, parse_flags, run_main
 from csa_tf.data.mmwhs import prepare_mmwhs
 
 FLAGS = flags.FLAGS
@@ -33,9 +32,6 @@ def define_flags():
 
 def main(argv):
   del argv
-  for name in ("raw_dir", "output_dir"):
-    if not getattr(FLAGS, name):
-      raise CsaInputError(f"--{name} is required")
   summary = prepare_mmwhs(FLAGS.raw_dir, FLAGS.output_dir, modalities=FLAGS.modalities,
                           crop_size=FLAGS.crop_size, test_fraction=FLAGS.test_fraction,
                           seed=FLAGS.seed, overwrite=FLAGS.overwrite)
@@ -44,5 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(run_main(main), flags_parser=parse_flags)
+  cli.run(main, define_flags, required=("raw_dir", "output_dir"))

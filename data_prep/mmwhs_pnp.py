@@ -38,10 +38,9 @@ Deviation from the release: csa_tf has no ignore label, so label 5 ("ignore") is
 to background (0) in training and test volumes alike; the summary says how many voxels.
 Labels 1..4 are csa_tf's MM-WHS classes (datasets.MMWHS: LVM, LAC, LVC, AA).
 """
-from absl import app
 from absl import flags
 
-from csa_tf.errors import CsaInputError, parse_flags, run_main
+from csa_tf import cli
 from csa_tf.data.mmwhs_pnp import prepare_pnp
 
 FLAGS = flags.FLAGS
@@ -57,16 +56,11 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise CsaInputError(f"unexpected arguments: {' '.join(argv[1:])}")
-  for name in ("pnp_dir", "output_dir"):
-    if not getattr(FLAGS, name):
-      raise CsaInputError(f"--{name} is required")
+  del argv
   summary = prepare_pnp(FLAGS.pnp_dir, FLAGS.output_dir, overwrite=FLAGS.overwrite)
   print(summary, end="")
   print(f"prepared data written to {FLAGS.output_dir}")
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(run_main(main), flags_parser=parse_flags)
+  cli.run(main, define_flags, required=("pnp_dir", "output_dir"), tensorflow=True)

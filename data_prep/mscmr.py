@@ -8,11 +8,10 @@ labels anywhere under RAW (the release keeps them in different folders), maps la
 500/200/600 to LV=1, myo=2, RV=3, crops every slice of a volume with one crop_size box
 that encloses all annotated regions, z-scores each slice and splits by patient.
 """
-from absl import app
 from absl import flags
 
+from csa_tf import cli
 from csa_tf.configs import datasets
-from csa_tf.errors import CsaInputError, parse_flags, run_main
 from csa_tf.data.mscmr import prepare_mscmr
 
 FLAGS = flags.FLAGS
@@ -32,9 +31,6 @@ def define_flags():
 
 def main(argv):
   del argv
-  for name in ("raw_dir", "output_dir"):
-    if not getattr(FLAGS, name):
-      raise CsaInputError(f"--{name} is required")
   summary = prepare_mscmr(FLAGS.raw_dir, FLAGS.output_dir, modalities=FLAGS.modalities,
                           crop_size=FLAGS.crop_size, test_fraction=FLAGS.test_fraction,
                           seed=FLAGS.seed, overwrite=FLAGS.overwrite)
@@ -43,5 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(run_main(main), flags_parser=parse_flags)
+  cli.run(main, define_flags, required=("raw_dir", "output_dir"))

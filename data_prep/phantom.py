@@ -33,10 +33,9 @@ How the phantoms are made:
   a multiplicative bias field (MR), Rician (MR) or Gaussian (CT) noise; stored as int16.
   Labels are uint16. Every folder written carries a `csa_phantom.json` marker.
 """
-from absl import app
 from absl import flags
 
-from csa_tf.errors import CsaInputError, parse_flags, run_main
+from csa_tf import cli
 from csa_tf.data.phantom import RELEASE_PATIENTS, generate_phantoms
 from csa_tf.configs import datasets
 
@@ -58,11 +57,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise CsaInputError(f"unexpected arguments: {' '.join(argv[1:])}")
-  for name in ("dataset", "output_dir"):
-    if not getattr(FLAGS, name):
-      raise CsaInputError(f"--{name} is required")
+  del argv
   spec = datasets.get_spec(FLAGS.dataset)
   num_patients = FLAGS.num_patients
   if num_patients is None:
@@ -74,5 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(run_main(main), flags_parser=parse_flags)
+  cli.run(main, define_flags, required=("dataset", "output_dir"))

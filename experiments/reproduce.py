@@ -21,14 +21,14 @@ import time
 from typing import Dict, List, Mapping
 
 import numpy as np
-from absl import app
 from absl import flags
 from scipy import stats
 
 from csa_tf.configs import train_config as config_lib
 from csa_tf.configs import datasets
 from csa_tf.evaluation import tables
-from csa_tf.errors import CsaInputError, parse_flags, run_main
+from csa_tf import cli
+from csa_tf.errors import CsaInputError
 from csa_tf.io import atomic
 from csa_tf.io.run_dir import RunDir
 
@@ -226,11 +226,7 @@ def _remove_new_run(run_dir: str, new_dirs: List[str]) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise CsaInputError(f"unexpected arguments: {' '.join(argv[1:])}")
-  for name in ("data_dir", "output_dir"):
-    if not FLAGS[name].value:
-      raise CsaInputError(f"--{name} is required")
+  del argv
   if FLAGS.train_steps is not None and FLAGS.train_steps < 1:
     raise CsaInputError(f"--train_steps={FLAGS.train_steps}: must be a positive integer")
   flagfile = FLAGS.flagfile_for_train or os.path.join(HERE, f"{FLAGS.dataset}.flags")
@@ -240,5 +236,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(run_main(main), flags_parser=parse_flags)
+  cli.run(main, define_flags, required=("data_dir", "output_dir"))

@@ -27,7 +27,7 @@ from csa_tf.serving import predictor as predict
 from csa_tf.data import prepared
 from csa_tf.io import run_record
 from csa_tf.io.run_dir import RunDir
-from csa_tf.errors import run_main
+from csa_tf.cli import run_main
 from csa_tf.data import mmwhs_pnp
 from csa_tf.data.mmwhs import prepare_mmwhs
 from csa_tf.data.mscmr import prepare_mscmr

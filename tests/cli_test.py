@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -17,9 +18,9 @@ TINY_TRAIN = ["--feature_base=2", "--batch_size=2", "--train_steps=2", "--log_ev
               "--checkpoint_every=1", "--bn_recalibration_batches=1"]
 
 
-def run(*args, expect=0):
+def run(*args, expect=0, env=None):
   result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+                          cwd=ROOT, env=env or dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == expect, result.stdout[-3000:] + result.stderr[-3000:]
   return result
 
@@ -130,8 +131,14 @@ def test_reproduce_two_methods_and_skip_finished(phantom_prep, tmp_path):
 
 def test_demo_without_data_dir_generates_phantoms(tmp_path):
   model_dir = tmp_path / "demo"
+  # As a new user runs it, TF_CPP_MIN_LOG_LEVEL unset.
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("TF_CPP_MIN_LOG_LEVEL", "CSA_TF_VERBOSE_TF")}
   result = run("csa_tf.train", "--flagfile=experiments/demo.flags",
-               f"--model_dir={model_dir}", "--phantom_patients=3", *TINY_TRAIN)
+               f"--model_dir={model_dir}", "--phantom_patients=3", *TINY_TRAIN, env=env)
   assert "generating 3 mscmr phantom patients" in result.stdout
   assert (model_dir / "phantom_data" / "prep" / "prep_meta.json").exists()
   assert "finished step 2" in result.stdout
+  # None of TensorFlow's start-up notices (csa_tf/tf_runtime.py) on this CPU machine.
+  notices = re.compile(r"cuInit|oneDNN|InitializeLog|cudart_stub|rebuild TensorFlow")
+  assert not notices.search(result.stdout + result.stderr), result.stderr[-3000:]

@@ -46,7 +46,8 @@ def test_shards_of_each_pipeline_cover_its_replicas_in_order():
 def test_batch_size_must_split_over_replicas():
   assert distribution.check_batch_size(8, 4) == 2
   with pytest.raises(CsaInputError,
-                     match="^batch_size=6.*multiple of the 4 replicas") as info:
+                     match=r"^batch_size=6 \(per modality\) must be a multiple of "
+                     "the 4 replicas") as info:
     distribution.check_batch_size(6, 4)
   # The library names the field; csa_tf.train spells it as its flag.
   assert info.value.render(lambda field: f"--{field}").startswith("--batch_size=6 ")

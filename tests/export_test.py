@@ -54,6 +54,6 @@ def test_exported_models_equal_the_restored_training_networks(run, tmp_path):
 
 def test_existing_export_is_not_replaced_without_overwrite(run, tmp_path):
   export.export_run(run.model_dir, str(tmp_path), log=lambda _: None)
-  with pytest.raises(CsaInputError, match="exists; pass --overwrite"):
+  with pytest.raises(CsaInputError, match="exists; pass overwrite=True to replace it"):
     export.export_run(run.model_dir, str(tmp_path), log=lambda _: None)
   export.export_run(run.model_dir, str(tmp_path), overwrite=True, log=lambda _: None)

@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 from csa_tf.data import prepared
-from csa_tf.errors import CsaInputError, run_main
+from csa_tf.cli import run_main
+from csa_tf.errors import CsaInputError
 from csa_tf.data.slicing import zscore_slices
 from csa_tf.data import mmwhs_pnp
 from data_prep import mmwhs_pnp as pnp_command
@@ -268,9 +269,9 @@ def test_folders_are_checked(tmp_path):
   (tmp_path / "pnp" / "gth_ct_1003.nii.gz").write_bytes(b"")
   with pytest.raises(CsaInputError, match="no PnP-AdaNet/SIFA files"):
     mmwhs_pnp.prepare_pnp(str(tmp_path / "pnp"), str(tmp_path / "prep"))
-  with pytest.raises(CsaInputError, match="lies inside --pnp_dir"):
+  with pytest.raises(CsaInputError, match="lies inside pnp_dir="):
     mmwhs_pnp.prepare_pnp(str(tmp_path / "pnp"), str(tmp_path / "pnp" / "prep"))
-  with pytest.raises(CsaInputError, match="contains --pnp_dir"):
+  with pytest.raises(CsaInputError, match="contains pnp_dir="):
     mmwhs_pnp.prepare_pnp(str(tmp_path / "pnp"), str(tmp_path), overwrite=True)
   assert (tmp_path / "pnp" / "notes_ct.txt").read_text() == "ignored"
 
@@ -280,13 +281,13 @@ def test_existing_preparation_needs_overwrite(converted, tmp_path):
   pnp_dir = str(tmp_path / "pnp")
   write_pnp_example_files(pnp_dir, modalities=("mr",), slice_numbers=(1, 2),
                           test_slices=2)
-  with pytest.raises(CsaInputError, match="--overwrite"):
+  with pytest.raises(CsaInputError, match="pass overwrite=True to replace it"):
     mmwhs_pnp.prepare_pnp(pnp_dir, prep_dir)
   copy = str(tmp_path / "prep")
   assert "NIfTI" not in mmwhs_pnp.prepare_pnp(pnp_dir, copy)
   open(os.path.join(pnp_dir, "test_mr", "gth_mr_1003.nii.gz"), "wb").close()
   summary = mmwhs_pnp.prepare_pnp(pnp_dir, copy, overwrite=True)
-  assert "1 NIfTI files under --pnp_dir" in summary
+  assert "1 NIfTI files under pnp_dir" in summary
   data = prepared.PreparedDataset.open(copy)
   assert data.modalities == ("mr",)
   assert data.splits == {"train": ["mr_pnp_train"], "test": ["mr_1003"]}

@@ -326,13 +326,13 @@ def test_an_error_leaves_no_partial_output(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(num_patients=0), "--num_patients"),
-    (dict(num_patients=1000), "--num_patients"),
-    (dict(num_patients=2.0), "--num_patients"),
-    (dict(scale=0.0), "--scale"),
-    (dict(scale=1.5), "--scale"),
-    (dict(scale=float("nan")), "--scale"),
-    (dict(seed=-1), "--seed"),
+    (dict(num_patients=0), r"^num_patients=0: must be an integer in \[1, "),
+    (dict(num_patients=1000), "^num_patients=1000: "),
+    (dict(num_patients=2.0), "^num_patients=2.0: "),
+    (dict(scale=0.0), r"^scale=0.0: must be in \(0, 1\]"),
+    (dict(scale=1.5), "^scale=1.5: "),
+    (dict(scale=float("nan")), "^scale=nan: "),
+    (dict(seed=-1), "^seed=-1: must be a non-negative integer"),
     (dict(modalities=["flair"]), "unknown mscmr modality 'flair'"),
     (dict(modalities=["ct"]), "unknown mscmr modality 'ct'"),
     (dict(modalities=["lge", "LGE"]), "list each modality once"),

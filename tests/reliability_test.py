@@ -20,7 +20,8 @@ import pytest
 from csa_tf.configs import train_config as config_lib
 from csa_tf import losses
 from csa_tf.data import prepared
-from csa_tf.errors import CsaInputError, NonFiniteLossError, run_main
+from csa_tf.cli import run_main
+from csa_tf.errors import CsaInputError, NonFiniteLossError
 from csa_tf.io.atomic import write_atomically
 from csa_tf.data import mmwhs_pnp
 from csa_tf.data.mmwhs import prepare_mmwhs
@@ -249,7 +250,7 @@ def test_output_inside_raw_is_refused(tmp_path, dataset):
   os.symlink(os.path.join(raw, "images" if dataset == "mscmr" else "ct_train"),
              tmp_path / "link")
   for output_dir in (raw, os.path.join(raw, "prep"), str(tmp_path / "link" / "prep")):
-    with pytest.raises(CsaInputError, match="lies inside --raw_dir.*never written to"):
+    with pytest.raises(CsaInputError, match="lies inside raw_dir=.*never written to"):
       prepare(raw, output_dir, crop_size=CROP)
   assert _snapshot(raw) == before
 

@@ -49,7 +49,7 @@ def test_reproduce_dir_gives_one_column_per_method_in_paper_order(run, tmp_path)
 
 
 def test_bad_tap_and_missing_run_are_reported(run, tmp_path):
-  with pytest.raises(CsaInputError, match="--feature_tap=g42"):
+  with pytest.raises(CsaInputError, match="^feature_tap=g42: expected one of"):
     visualize.make_figures(run.model_dir, output_dir=str(tmp_path), feature_tap="g42",
                            log=lambda _: None)
   with pytest.raises(CsaInputError, match="not a csa_tf model dir"):

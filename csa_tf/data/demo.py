@@ -3,6 +3,7 @@ import os
 from typing import Optional
 
 from csa_tf.configs import datasets
+from csa_tf.errors import param
 from csa_tf.data import phantom
 from csa_tf.data import prepared
 from csa_tf.data.mmwhs import prepare_mmwhs
@@ -34,7 +35,8 @@ def prepare_phantom_data(model_dir: str, *, dataset: str, num_patients: int, sca
   prep_dir = phantom_prep_dir(model_dir)
   raw_dir = RunDir(model_dir).demo_raw_dir
   modalities = datasets.get_spec(dataset).paper_modalities
-  log(f"no --data_dir: generating {num_patients} {dataset} phantom patients in {raw_dir}")
+  log(f"no {param('data_dir')}: generating {num_patients} {dataset} phantom patients in "
+      f"{raw_dir}")
   if not os.path.isdir(raw_dir):
     phantom.generate_phantoms(dataset, raw_dir, num_patients=num_patients, seed=seed,
                               scale=scale, modalities=modalities)

@@ -3,7 +3,7 @@ import os
 import re
 from typing import Callable, Dict, Hashable, List, Sequence, Tuple
 
-from csa_tf.errors import CsaInputError
+from csa_tf.errors import CsaInputError, param
 
 
 def find_files(raw_dir: str, pattern: "re.Pattern") -> Dict[Tuple[str, ...], str]:
@@ -36,15 +36,17 @@ def check_modalities(modalities: Sequence[str], allowed: Sequence[str],
   """Returns modalities as a list after checking each is known and listed once.
 
   Raises:
-    CsaInputError: naming --modalities and the problem.
+    CsaInputError: naming the modalities parameter and the problem.
   """
   modalities = list(modalities)
   for modality in modalities:
     if modality not in allowed:
-      raise CsaInputError(f"--modalities: unknown {dataset_title} modality {modality!r}; "
+      raise CsaInputError(f"{param('modalities')}: unknown {dataset_title} modality "
+                          f"{modality!r}; "
                           f"expected some of {list(allowed)}")
   if len(set(modalities)) != len(modalities) or not modalities:
-    raise CsaInputError(f"--modalities={','.join(modalities)}: list each modality once")
+    raise CsaInputError(f"{param('modalities', ','.join(modalities))}: list each "
+                        "modality once")
   return modalities
 
 

@@ -47,7 +47,7 @@ import numpy as np
 
 from csa_tf.configs import datasets
 from csa_tf.data import prepared
-from csa_tf.errors import CsaInputError
+from csa_tf.errors import CsaInputError, param
 from csa_tf.data.slicing import VolumeGeometry, slice_axis_ornt, zscore_slices
 from csa_tf.data import preparation
 # The release's files are read in pnp_records; its readers stay part of this module's
@@ -75,7 +75,7 @@ def modality_of(relative_path: str, shown_path: str = "") -> str:
   """The modality token ("ct"/"mr") in a path relative to the release folder.
 
   Args:
-    relative_path: the file's path below --pnp_dir (the folder's own name is not read).
+    relative_path: the file's path below pnp_dir (the folder's own name is not read).
     shown_path: the path to name in an error; default relative_path.
 
   Raises:
@@ -86,7 +86,8 @@ def modality_of(relative_path: str, shown_path: str = "") -> str:
     problem = "both 'ct' and 'mr'" if tokens else "no 'ct' or 'mr'"
     raise CsaInputError(
         f"{shown_path or relative_path}: cannot tell the modality (the path holds {problem} as a "
-        "'_'-, '/'- or '.'-delimited token); rename it or move it out of --pnp_dir")
+        "'_'-, '/'- or '.'-delimited token); rename it or move it out of "
+        f"{param('pnp_dir')}")
   return tokens.pop()
 
 
@@ -109,7 +110,7 @@ def find_release_files(
       modality cannot be told from its path.
   """
   if not os.path.isdir(pnp_dir):
-    raise CsaInputError(f"--pnp_dir={pnp_dir}: folder not found")
+    raise CsaInputError(f"{param('pnp_dir', pnp_dir)}: folder not found")
   train: Dict[str, List[str]] = {}
   test: Dict[str, List[str]] = {}
   nifti: List[str] = []
@@ -132,7 +133,8 @@ def find_release_files(
       target.setdefault(modality, []).append(path)
   if not train and not test:
     raise CsaInputError(
-        f"--pnp_dir={pnp_dir}: no PnP-AdaNet/SIFA files found (expected *.tfrecords "
+        f"{param('pnp_dir', pnp_dir)}: no PnP-AdaNet/SIFA files found (expected "
+        "*.tfrecords "
         "training slices and/or *.npz test volumes whose path names ct or mr)")
   for group in (train, test):
     for paths in group.values():
@@ -197,14 +199,16 @@ def npz_volume(modality: str, path: str,
 
 
 def check_dirs(pnp_dir: str, output_dir: str) -> None:
-  """Refuses an output folder that is, lies inside or contains --pnp_dir."""
+  """Refuses an output folder that is, lies inside or contains pnp_dir."""
   release = os.path.realpath(pnp_dir)
   out = os.path.realpath(output_dir)
   if out == release or out.startswith(release + os.sep):
-    raise CsaInputError(f"--output_dir={output_dir}: lies inside --pnp_dir={pnp_dir}; "
+    raise CsaInputError(f"{param('output_dir', output_dir)}: lies inside "
+                        f"{param('pnp_dir', pnp_dir)}; "
                         "the release folder is never written to")
   if release.startswith(out + os.sep):
-    raise CsaInputError(f"--output_dir={output_dir}: contains --pnp_dir={pnp_dir}; "
+    raise CsaInputError(f"{param('output_dir', output_dir)}: contains "
+                        f"{param('pnp_dir', pnp_dir)}; "
                         "replacing it would delete the release; choose another folder")
 
 
@@ -224,7 +228,8 @@ def prepare_pnp(pnp_dir: str, output_dir: str, *, overwrite: bool = False) -> st
       patient_id = npz_patient_id(path, modality)
       if patient_id in ids:
         raise CsaInputError(f"{path}: test volume id {patient_id!r} repeats that of "
-                            f"{ids[patient_id]}; keep one of them under --pnp_dir")
+                            f"{ids[patient_id]}; keep one of them under "
+                            f"{param('pnp_dir')}")
       ids[patient_id] = path
   modalities = [m for m in spec.modalities if m in train or m in test]
   settings = dict(crop_size=SLICE_SIZE, test_fraction=0.0, seed=0,
@@ -238,7 +243,7 @@ def prepare_pnp(pnp_dir: str, output_dir: str, *, overwrite: bool = False) -> st
   lookup = label_lookup(spec)
   note = ""
   if nifti:
-    note = (f"note: {len(nifti)} NIfTI files under --pnp_dir (e.g. "
+    note = (f"note: {len(nifti)} NIfTI files under {param('pnp_dir')} (e.g. "
             f"{os.path.relpath(nifti[0], pnp_dir)}) were not converted; only *.npz test "
             "volumes are read\n")
     print(note, end="", flush=True)

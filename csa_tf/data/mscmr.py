@@ -13,7 +13,7 @@ import re
 
 
 from csa_tf.configs import datasets
-from csa_tf.errors import CsaInputError
+from csa_tf.errors import CsaInputError, param
 from csa_tf.io.nifti import read_volume
 from csa_tf.data.slicing import slice_axis_ornt
 from csa_tf.data import discovery
@@ -59,7 +59,7 @@ def prepare_mscmr(raw_dir: str, output_dir: str, *,
         raise CsaInputError(
             f"{raw_dir}: patient{n} has no {modality} "
             f"({datasets.MSCMR_SEQUENCE_TAGS[modality]}) image; prepare with "
-            f"--modalities not including {modality} or add the file")
+            f"{param('modalities')} not including {modality} or add the file")
 
   def load(n, modality):
     image = read_volume(images[(n, modality)], kind="image")

@@ -12,7 +12,7 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from csa_tf.errors import CsaInputError
+from csa_tf.errors import CsaInputError, param
 from csa_tf.data.prepared import PreparedDataset
 
 # A large odd constant that separates the modalities' random streams.
@@ -45,7 +45,7 @@ def modality_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
   if num_slices == 0:
     raise CsaInputError("no training slices")
   if batch_size < 1:
-    raise CsaInputError(f"--batch_size={batch_size}: must be at least 1")
+    raise CsaInputError(f"{param('batch_size', batch_size)}: must be at least 1")
   # Variables are captured by reference, so large datasets do not end up as constants
   # in the tf.data graph (which has a 2 GB limit).
   with tf.device("/cpu:0"):

@@ -9,7 +9,7 @@ import csa_tf
 from csa_tf.data import prepared
 from csa_tf.configs.datasets import DatasetSpec
 from csa_tf.model.downsampling import size_problem
-from csa_tf.errors import CsaInputError
+from csa_tf.errors import CsaInputError, param
 from csa_tf.io import atomic
 from csa_tf.io.nifti import Volume, check_not_blank
 from csa_tf.data.slicing import VolumeGeometry, enclosing_crop_origin, zscore_slices
@@ -66,7 +66,8 @@ def prepare_volume(image: Volume, label: Volume, *, spec: DatasetSpec, modality:
     names = ", ".join(f"{name} ({value})" for name, value in
                       zip(spec.foreground_names, spec.label_values))
     raise CsaInputError(f"{label.path}: label volume has no foreground (no voxel of "
-                        f"{names}); fix the label or move the pair out of --raw_dir")
+                        f"{names}); fix the label or move the pair out of "
+                        f"{param('raw_dir')}")
   probe = VolumeGeometry(tuple(image.data.shape), ornt, (0, 0), crop_size)
   standard_labels = probe.to_standard(classes)
   origin, fits = enclosing_crop_origin(standard_labels, crop_size)
@@ -118,10 +119,10 @@ class PrepWriter:
     if not os.path.isfile(meta_path):
       raise CsaInputError(
           f"{self.output_dir}: output folder is not empty and holds no csa_tf preparation;"
-          " choose another --output_dir")
+          f" choose another {param('output_dir')}")
     raise CsaInputError(
         f"{self.output_dir}: already holds a preparation ({meta_path}); pass "
-        "--overwrite to replace it or choose another --output_dir")
+        f"{param('overwrite', True)} to replace it or choose another {param('output_dir')}")
 
   def add(self, volume: prepared.PreparedVolume, fits: bool) -> None:
     relative = prepared.volume_filename(volume.modality, volume.patient_id)
@@ -231,10 +232,11 @@ def check_common_flags(crop_size: int, test_fraction: float, raw_dir: str = "",
     raw = os.path.realpath(raw_dir)
     out = os.path.realpath(output_dir)
     if out == raw or out.startswith(raw + os.sep):
-      raise CsaInputError(f"--output_dir={output_dir}: lies inside --raw_dir={raw_dir}; "
+      raise CsaInputError(f"{param('output_dir', output_dir)}: lies inside "
+                          f"{param('raw_dir', raw_dir)}; "
                           "the raw data folder is never written to")
   problem = size_problem(crop_size)
   if problem:
-    raise CsaInputError(f"--crop_size={crop_size}: {problem}")
+    raise CsaInputError(f"{param('crop_size', crop_size)}: {problem}")
   if not 0 <= test_fraction < 1:
-    raise CsaInputError(f"--test_fraction={test_fraction}: must be in [0, 1)")
+    raise CsaInputError(f"{param('test_fraction', test_fraction)}: must be in [0, 1)")

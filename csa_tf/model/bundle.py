@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 
 from csa_tf.configs.train_config import MIXED_PRECISION_POLICIES, TrainConfig
-from csa_tf.errors import CsaInputError
+from csa_tf.errors import CsaInputError, param
 from csa_tf.model.csa_net import CsaNet
 
 # Mixed-precision mode -> Keras dtype policy (declared with the option it serves).
@@ -42,7 +42,7 @@ class ModelBundle:
     self.config = config
     self.synchronized_bn = synchronized_bn
     if mixed_precision not in DTYPE_POLICIES:
-      raise CsaInputError(f"mixed precision {mixed_precision!r}: expected one of "
+      raise CsaInputError(f"{param('mixed_precision', mixed_precision)}: expected one of "
                           f"{', '.join(DTYPE_POLICIES)}")
     policy = DTYPE_POLICIES[mixed_precision]
     spec = config.method_spec

@@ -24,7 +24,7 @@ from csa_tf.configs import train_config as config_lib
 from csa_tf.configs import datasets
 from csa_tf.io import atomic
 from csa_tf.io import run_record
-from csa_tf.errors import CsaInputError
+from csa_tf.errors import CsaInputError, param
 from csa_tf.io.run_dir import RunDir
 from csa_tf.model.csa_net import CsaNet
 from csa_tf.model.downsampling import DOWNSAMPLE
@@ -108,7 +108,8 @@ def export_run(model_dir: str, output_dir: str, *, overwrite: bool = False,
   folders = {m: os.path.join(output_dir, m) for m in config.modalities}
   for folder in folders.values():
     if os.path.lexists(folder) and not overwrite:
-      raise CsaInputError(f"{folder}: exists; pass --overwrite to replace it")
+      raise CsaInputError(f"{folder}: exists; pass {param('overwrite', True)} to "
+                          "replace it")
     if os.path.lexists(folder) and not os.path.isdir(folder):
       raise CsaInputError(f"{folder}: exists and is not a folder")
   bundle = run.networks()

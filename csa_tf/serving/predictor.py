@@ -19,7 +19,7 @@ from typing import Callable, List, Tuple
 import numpy as np
 
 from csa_tf.configs import datasets
-from csa_tf.errors import CsaInputError
+from csa_tf.errors import CsaInputError, param
 from csa_tf.model.downsampling import DOWNSAMPLE, padded_size
 from csa_tf.io.nifti import check_not_blank, read_volume, write_label_volume
 from csa_tf.io.run_dir import RunDir
@@ -65,7 +65,8 @@ def input_output_pairs(input_path: str, output_path: str,
     if os.path.isdir(output_path):
       output_path = os.path.join(output_path, os.path.basename(input_path))
     if not output_path.endswith(_NIFTI_SUFFIXES):
-      raise CsaInputError(f"--output={output_path}: must end in .nii.gz or .nii")
+      raise CsaInputError(f"{param('output_path', output_path)}: must end in .nii.gz or "
+                          ".nii")
     pairs = [(input_path, output_path)]
   else:
     raise CsaInputError(f"{input_path}: input not found")
@@ -73,7 +74,8 @@ def input_output_pairs(input_path: str, output_path: str,
     if os.path.abspath(source) == os.path.abspath(target):
       raise CsaInputError(f"{target}: output would replace its own input")
     if os.path.exists(target) and not overwrite:
-      raise CsaInputError(f"{target}: exists; pass --overwrite to replace it")
+      raise CsaInputError(f"{target}: exists; pass {param('overwrite', True)} to replace "
+                          "it")
   return pairs
 
 
@@ -91,7 +93,8 @@ def predict_files(model_dir: str, modality: str, input_path: str, output_path: s
   run = RunDir(model_dir)
   config = run.config
   if modality not in config.modalities:
-    raise CsaInputError(f"--modality={modality}: the run in {model_dir} was trained on "
+    raise CsaInputError(f"{param('modality', modality)}: the run in {model_dir} was "
+                        "trained on "
                         f"{', '.join(config.modalities)}")
   pairs = input_output_pairs(input_path, output_path, overwrite)
   for source, _ in pairs:

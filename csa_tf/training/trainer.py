@@ -26,7 +26,7 @@ from csa_tf.training import distribution
 from csa_tf.training import objective
 from csa_tf.io import run_record
 from csa_tf.training import summary_images
-from csa_tf.errors import CsaInputError, NonFiniteLossError
+from csa_tf.errors import CsaInputError, NonFiniteLossError, param
 from csa_tf.io.run_dir import RunDir
 from csa_tf.model.bundle import ModelBundle
 from csa_tf.data.prepared import PreparedDataset
@@ -59,15 +59,16 @@ def check_model_dir(model_dir: str, config: config_lib.TrainConfig) -> None:
                if previous.get(name) != current[name]]
   if differing:
     raise CsaInputError(f"{path}: this model dir was trained with other settings "
-                        f"({'; '.join(differing)}); use a new --model_dir")
+                        f"({'; '.join(differing)}); use a new {param('model_dir')}")
   # fp16 wraps the optimizer in a loss scaler, whose checkpoint the other settings (and
   # vice versa) cannot restore; off and bf16 share one.
   was_fp16 = previous.get("mixed_precision") == "fp16"
   if was_fp16 != (config.mixed_precision == "fp16"):
-    raise CsaInputError(f"{path}: this model dir was trained with --mixed_precision="
-                        f"{previous.get('mixed_precision')}; resuming with "
-                        f"--mixed_precision={config.mixed_precision} cannot restore its "
-                        "optimizer (fp16 adds a loss scale); use a new --model_dir")
+    raise CsaInputError(
+        f"{path}: this model dir was trained with "
+        f"{param('mixed_precision', previous.get('mixed_precision'))}; resuming with "
+        f"{param('mixed_precision', config.mixed_precision)} cannot restore its optimizer "
+        f"(fp16 adds a loss scale); use a new {param('model_dir')}")
 
 
 class Trainer:
@@ -241,7 +242,8 @@ class Trainer:
     run_record.write_run_record(self.output_dir, config)
     start = self.restore_latest()
     if start >= config.train_steps:
-      self.log(f"already trained to step {start} (--train_steps={config.train_steps}); "
+      self.log(f"already trained to step {start} "
+               f"({param('train_steps', config.train_steps)}); "
                "nothing to do")
       return {}
     if self.chief:

@@ -25,7 +25,7 @@ import numpy as np
 
 from csa_tf.configs import train_config as config_lib
 from csa_tf.training import summary_images
-from csa_tf.errors import CsaInputError
+from csa_tf.errors import CsaInputError, param
 from csa_tf.data.prepared import PreparedDataset
 from csa_tf.io import atomic
 from csa_tf.io.run_dir import RunDir
@@ -64,7 +64,7 @@ def collect_runs(model_dir: str, compare_runs: Sequence[str] = (),
   found = [(model_dir, None)] + [(path, None) for path in compare_runs]
   if reproduce_dir:
     if not os.path.isdir(reproduce_dir):
-      raise CsaInputError(f"--reproduce_dir={reproduce_dir}: no such folder")
+      raise CsaInputError(f"{param('reproduce_dir', reproduce_dir)}: no such folder")
     for method in config_lib.METHOD_ORDER:
       path = os.path.join(reproduce_dir, method)
       if RunDir(path).is_run():
@@ -199,7 +199,7 @@ def feature_map_figure(run: _Run, prepared: PreparedDataset, modality: str, path
   name, image, label = choose_slices(prepared, modality, 1)[0]
   net = run.bundle.networks[modality]
   if tap not in net.FEATURE_NAMES:
-    raise CsaInputError(f"--feature_tap={tap}: expected one of "
+    raise CsaInputError(f"{param('feature_tap', tap)}: expected one of "
                         f"{', '.join(net.FEATURE_NAMES)}")
   _, taps = net.call_with_features(image[None, ..., None].astype(np.float32),
                                    modality=modality, training=False)
@@ -353,7 +353,7 @@ def make_figures(model_dir: str, *, data_dir: Optional[str] = None,
     CsaInputError: a run or PREP is missing or does not fit.
   """
   if num_slices < 1:
-    raise CsaInputError(f"--num_slices={num_slices}: must be a positive integer")
+    raise CsaInputError(f"{param('num_slices', num_slices)}: must be a positive integer")
   runs = collect_runs(model_dir, compare_runs, reproduce_dir)
   main = next(r for r in runs if os.path.realpath(r.model_dir)
               == os.path.realpath(model_dir))

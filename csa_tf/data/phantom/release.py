@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 
 from csa_tf.configs import datasets
-from csa_tf.errors import CsaInputError
+from csa_tf.errors import CsaInputError, param
 from csa_tf.io import atomic
 from csa_tf.data.phantom.anatomy import PhantomGeometry
 from csa_tf.data.phantom.sampling import _check_scale, sample_geometry
@@ -40,11 +40,12 @@ def _parse_modalities(spec: datasets.DatasetSpec, modalities) -> List[str]:
   for item in modalities:
     key = aliases.get(str(item).strip().lower(), str(item).strip().lower())
     if key not in spec.modalities:
-      raise CsaInputError(f"--modalities: unknown {spec.name} modality {item!r}; expected "
+      raise CsaInputError(f"{param('modalities')}: unknown {spec.name} modality {item!r}; "
+                          "expected "
                           f"some of {list(spec.modalities)}")
     parsed.append(key)
   if not parsed or len(set(parsed)) != len(parsed):
-    raise CsaInputError(f"--modalities={','.join(map(str, modalities))}: list each "
+    raise CsaInputError(f"{param('modalities', ','.join(map(str, modalities)))}: list each "
                         "modality once")
   return [m for m in spec.modalities if m in parsed]
 
@@ -85,17 +86,19 @@ def _check_output_dir(output_dir: str, dataset: str) -> None:
   if not os.path.exists(output_dir):
     return
   if not os.path.isdir(output_dir):
-    raise CsaInputError(f"--output_dir={output_dir}: exists and is not a folder")
+    raise CsaInputError(f"{param('output_dir', output_dir)}: exists and is not a folder")
   if not os.listdir(output_dir):
     return
   marker = _read_marker(output_dir)
   if marker is None:
     raise CsaInputError(
-        f"--output_dir={output_dir}: not empty and not a phantom folder (no {MARKER_NAME});"
+        f"{param('output_dir', output_dir)}: not empty and not a phantom folder (no "
+        f"{MARKER_NAME});"
         " refusing to overwrite it, choose a new or empty folder")
   if marker.get("dataset") != dataset:
     raise CsaInputError(
-        f"--output_dir={output_dir}: holds a {marker.get('dataset')} phantom; refusing to "
+        f"{param('output_dir', output_dir)}: holds a {marker.get('dataset')} phantom; "
+        "refusing to "
         f"replace it with {dataset}, choose another folder")
 
 
@@ -128,14 +131,14 @@ def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed:
   spec = datasets.get_spec(dataset)
   if isinstance(num_patients, bool) or not isinstance(num_patients, int) or not (
       1 <= num_patients <= MAX_PATIENTS):
-    raise CsaInputError(f"--num_patients={num_patients}: must be an integer in "
+    raise CsaInputError(f"{param('num_patients', num_patients)}: must be an integer in "
                         f"[1, {MAX_PATIENTS}]")
   if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-    raise CsaInputError(f"--seed={seed}: must be a non-negative integer")
+    raise CsaInputError(f"{param('seed', seed)}: must be a non-negative integer")
   _check_scale(scale)
   keys = _parse_modalities(spec, modalities)
   if not output_dir:
-    raise CsaInputError("--output_dir is required")
+    raise CsaInputError(f"{param('output_dir')} is required")
   output_dir = os.path.abspath(output_dir)
   _check_output_dir(output_dir, spec.name)
 

@@ -10,7 +10,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 from csa_tf.configs import datasets
-from csa_tf.errors import CsaInputError
+from csa_tf.errors import CsaInputError, param
 from csa_tf.data.phantom.anatomy import (
     ENDO_RADIUS_RANGE, GRID_RANGES, MYO_THICKNESS_RANGE, Ellipsoid, PhantomGeometry,
     ShortAxisHeart, Tube, WholeHeart, _heart_world_bounds)
@@ -302,4 +302,4 @@ def _check_scale(scale) -> None:
   """Raises CsaInputError unless 0 < scale <= 1."""
   if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
       math.isfinite(scale) and 0 < scale <= 1):
-    raise CsaInputError(f"--scale={scale}: must be in (0, 1]")
+    raise CsaInputError(f"{param('scale', scale)}: must be in (0, 1]")

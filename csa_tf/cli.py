@@ -1,0 +1,106 @@
+"""What every command shares: flag parsing, argument checks, one-line errors.
+
+A command defines its flags in `define_flags()` and hands over in one line:
+
+  if __name__ == "__main__":
+    cli.run(main, define_flags, required=("model_dir",), tensorflow=True)
+
+Then every problem a user can fix ends the same way: one `error: ...` line on stderr,
+exit status 2, no traceback (CSA_TF_TRACEBACK=1 shows one). That holds for a flag absl
+refuses (an unknown flag, a value outside an enum), a required flag left out, a
+positional argument, a `CsaInputError` raised anywhere below `main` and a non-finite
+loss. While `main` runs, error messages name the library's parameters as this
+command's flags (`errors.param`). `--help` and `--helpfull` work as usual.
+"""
+import os
+import sys
+from typing import Callable, Mapping, Optional, Sequence
+
+from absl import app
+from absl import flags
+
+from csa_tf import errors
+
+EXIT_INPUT_ERROR = 2
+
+
+def report_and_exit(error: BaseException) -> None:
+  """Prints `error` as one line on stderr and exits with EXIT_INPUT_ERROR."""
+  message = " ".join(str(error).split())
+  sys.stderr.write(f"error: {message}\n")
+  sys.stderr.flush()
+  raise SystemExit(EXIT_INPUT_ERROR)
+
+
+def parse_flags(argv):
+  """absl `flags_parser` for app.run: parses argv, a bad flag becomes one error line.
+
+  absl's default parser prints two lines ("FATAL Flags parsing error: ..." and a hint)
+  and exits 1; scripts that check for `error:` and exit status 2 would miss those. Help
+  flags (--help, --helpfull) behave as usual.
+
+  Returns:
+    The arguments that are not flags (argv[0] first), as absl's parser does.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    if os.environ.get("CSA_TF_TRACEBACK"):
+      raise
+    report_and_exit(error)
+
+
+def check_arguments(argv: Sequence[str], required: Sequence[str] = ()) -> None:
+  """Refuses positional arguments and required flags left unset (None, "" or []).
+
+  Raises:
+    errors.CsaInputError: "unexpected arguments: ..." or "--NAME is required".
+  """
+  if len(argv) > 1:
+    raise errors.CsaInputError(f"unexpected arguments: {' '.join(argv[1:])}")
+  for name in required:
+    if not flags.FLAGS[name].value:
+      raise errors.CsaInputError(f"--{name} is required")
+
+
+def run_main(main: Callable, *, required: Sequence[str] = (), tensorflow: bool = False,
+             flag_names: Optional[Mapping[str, str]] = None) -> Callable:
+  """Returns a wrapper of absl `main(argv)` that turns user errors into one line.
+
+  Args:
+    main: the command's main(argv); argv holds only the program name when it runs.
+    required: flags that must be given.
+    tensorflow: import TensorFlow quietly (csa_tf.tf_runtime) after the argument
+      checks, before main; for commands whose main uses TensorFlow.
+    flag_names: library parameter name -> this command's flag name, where they differ.
+
+  Returns:
+    main(argv) wrapped: the arguments checked, errors.param spelling flags, and a
+    CsaInputError or NonFiniteLossError reported as one line with exit status 2.
+  """
+  def wrapped(argv):
+    try:
+      with errors.parameters_as_flags(flag_names):
+        check_arguments(argv, required)
+        if tensorflow:
+          from csa_tf import tf_runtime  # pylint: disable=g-import-not-at-top
+          tf_runtime.import_tensorflow()
+        return main(argv)
+    except (errors.CsaInputError, errors.NonFiniteLossError) as error:
+      if os.environ.get("CSA_TF_TRACEBACK"):
+        raise
+      report_and_exit(error)
+  return wrapped
+
+
+def run(main: Callable, define_flags: Optional[Callable[[], None]] = None, *,
+        required: Sequence[str] = (), tensorflow: bool = False,
+        flag_names: Optional[Mapping[str, str]] = None) -> None:
+  """Runs a command: defines its flags, parses argv, runs main (see `run_main`).
+
+  The exit status is main's return value (0 for None), or EXIT_INPUT_ERROR.
+  """
+  if define_flags is not None:
+    define_flags()
+  app.run(run_main(main, required=required, tensorflow=tensorflow,
+                   flag_names=flag_names), flags_parser=parse_flags)
