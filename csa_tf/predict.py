@@ -7,7 +7,7 @@ r"""Segments new NIfTI volumes with a trained run; no label needed.
 Slices are taken as in preparation (MS-CMRSeg: the stored short-axis stack; MM-WHS:
 coronal slices from the header's orientation). There is no label to centre a crop on,
 so by default each whole slice is used, padded to the smallest square the network takes
-(`full`, see csa_tf.model.downsampling); `center` instead takes the training crop size
+(`full`, see csa_tf.configs.downsampling); `center` instead takes the training crop size
 around the slice centre, which matches the training field of view when the heart is near
 the image centre. The output holds the dataset's original label values (500/200/600 or
 205/420/500/820), the input's affine and header, and is never written over an existing
@@ -17,7 +17,7 @@ from absl import flags
 
 from csa_tf import cli
 from csa_tf.errors import CsaInputError
-from csa_tf.model.downsampling import DOWNSAMPLE
+from csa_tf.configs.downsampling import DOWNSAMPLE
 from csa_tf.serving.predictor import predict_files
 
 FLAGS = flags.FLAGS

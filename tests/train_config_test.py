@@ -17,7 +17,7 @@ from csa_tf.configs import options
 from csa_tf.configs import train_config as config_lib
 from csa_tf.configs.options import ConfigError
 from csa_tf.io.run_dir import RunDir
-from csa_tf.model import downsampling
+from csa_tf.configs import downsampling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTIONS = (config_lib.DemoDataConfig, config_lib.TrainConfig)
@@ -291,7 +291,7 @@ def _python_sources():
     (r'"single", "ummkd"|"single": "Single"', None),
     (r'"mscmr", "mmwhs"', None),
     (r'\("lge", "bssfp"\) if', None),
-    (r'% 8\b|multiple of 8', "csa_tf/model/downsampling.py"),
+    (r'% 8\b|multiple of 8', "csa_tf/configs/downsampling.py"),
 ])
 def test_each_fact_is_spelt_in_one_module(pattern, home):
   modules = sorted(path for path, text in _python_sources() if re.search(pattern, text))

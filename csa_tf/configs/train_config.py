@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple
 from csa_tf.configs import datasets
 from csa_tf.configs import options
 from csa_tf.configs.options import ConfigError, option
-from csa_tf.model.downsampling import size_problem
+from csa_tf.configs.downsampling import size_problem
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 import csa_tf
 from csa_tf.data import prepared
 from csa_tf.configs.datasets import DatasetSpec
-from csa_tf.model.downsampling import size_problem
+from csa_tf.configs.downsampling import size_problem
 from csa_tf.errors import CsaInputError, param
 from csa_tf.io import atomic
 from csa_tf.io.nifti import Volume, check_not_blank

@@ -8,8 +8,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from csa_tf.model.downsampling import DOWNSAMPLE
-from csa_tf.model.downsampling import size_problem
+from csa_tf.configs.downsampling import DOWNSAMPLE
+from csa_tf.configs.downsampling import size_problem
 from csa_tf.model.modality_batch_norm import ModalityBatchNorm
 from csa_tf.model.modality_batch_norm import validate_modalities
 from csa_tf.model.pre_activation_conv import LEAKY_SLOPE

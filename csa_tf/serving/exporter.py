@@ -27,7 +27,7 @@ from csa_tf.io import run_record
 from csa_tf.errors import CsaInputError, param
 from csa_tf.io.run_dir import RunDir
 from csa_tf.model.csa_net import CsaNet
-from csa_tf.model.downsampling import DOWNSAMPLE
+from csa_tf.configs.downsampling import DOWNSAMPLE
 
 SAVED_MODEL_SUBDIR = "saved_model"
 KERAS_FILE = "model.keras"

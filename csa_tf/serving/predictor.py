@@ -7,7 +7,7 @@ r"""Segments new NIfTI volumes with a trained run; no label needed.
 Slices are taken as in preparation (MS-CMRSeg: the stored short-axis stack; MM-WHS:
 coronal slices from the header's orientation). There is no label to centre a crop on,
 so by default each whole slice is used, padded to the smallest square the network takes
-(`full`, see csa_tf.model.downsampling); `center` instead takes the training crop size
+(`full`, see csa_tf.configs.downsampling); `center` instead takes the training crop size
 around the slice centre, which matches the training field of view when the heart is near
 the image centre. The output holds the dataset's original label values (500/200/600 or
 205/420/500/820), the input's affine and header, and is never written over an existing
@@ -20,7 +20,7 @@ import numpy as np
 
 from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError, param
-from csa_tf.model.downsampling import DOWNSAMPLE, padded_size
+from csa_tf.configs.downsampling import DOWNSAMPLE, padded_size
 from csa_tf.io.nifti import check_not_blank, read_volume, write_label_volume
 from csa_tf.io.run_dir import RunDir
 from csa_tf.data.slicing import (VolumeGeometry, header_ornt, slice_axis_ornt,
