@@ -70,12 +70,14 @@ class Workbench:
     from csa_tf.data.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
     from csa_tf.data import phantom  # pylint: disable=g-import-not-at-top
     from csa_tf.data.mscmr import prepare_mscmr  # pylint: disable=g-import-not-at-top
+    from csa_tf.configs import datasets  # pylint: disable=g-import-not-at-top
     self.root = root
     self.crop = 224 if full else 64
     self.feature_base = 16 if full else 8
     raw = os.path.join(root, "raw")
     phantom.generate_phantoms("mscmr", raw, num_patients=4, seed=0,
-                              scale=1.0 if full else 0.25, modalities=("lge", "bssfp"),
+                              scale=1.0 if full else 0.25,
+                              modalities=datasets.MSCMR.paper_modalities,
                               progress=None)
     prep = os.path.join(root, "prep")
     prepare_mscmr(raw, prep, crop_size=self.crop, test_fraction=0.25)

@@ -362,7 +362,7 @@ def make_figures(model_dir: str, *, data_dir: Optional[str] = None,
     prepared.check_fits(run.config)
   output_dir = output_dir or RunDir(model_dir).figures_dir
   os.makedirs(output_dir, exist_ok=True)
-  pair = main.config.csa_pairs[0] if main.config.csa_pairs else ("g3", "g4")
+  pair = (main.config.csa_pairs or config_lib.DEFAULT_CSA_PAIRS)[0]
   tap = feature_tap or pair[0]
   written = []
   for modality in main.config.modalities:
