@@ -90,8 +90,19 @@ def _as_mask_pair(pred_mask, gt_mask) -> Tuple[np.ndarray, np.ndarray]:
   return pred, gt
 
 
-def _union_crop(pred: np.ndarray, gt: np.ndarray) -> Optional[Tuple[slice, ...]]:
-  """Returns the union's bounding box plus one voxel, clipped; None if both are empty."""
+def union_crop(pred: np.ndarray, gt: np.ndarray) -> Optional[Tuple[slice, ...]]:
+  """Returns the union's bounding box plus one voxel, clipped; None if both are empty.
+
+  The crop every distance here is computed on (see the module docstring for why it
+  gives medpy's values exactly).
+
+  Args:
+    pred: boolean mask.
+    gt: boolean mask of the same shape.
+
+  Returns:
+    One slice per axis, or None when neither mask has a voxel.
+  """
   union = pred | gt
   if union.ndim == 1:
     indices = [np.flatnonzero(union)]
@@ -204,7 +215,7 @@ def _mask_distance(reduce, pred_mask, gt_mask, spacing: Spacing) -> float:
   """
   pred, gt = _as_mask_pair(pred_mask, gt_mask)
   sampling = _normalized_spacing(spacing, pred.ndim)
-  crop = _union_crop(pred, gt)
+  crop = union_crop(pred, gt)
   if crop is None:
     return math.nan
   pred, gt = pred[crop], gt[crop]
@@ -315,7 +326,7 @@ def volume_metrics(pred, gt, *, num_classes: int,
   results = {}
   for c in range(1, int(num_classes)):
     pred_c, gt_c = pred == c, gt == c
-    crop = _union_crop(pred_c, gt_c)
+    crop = union_crop(pred_c, gt_c)
     values = {key: math.nan for key in METRIC_KEYS}
     if crop is None:
       values["status"] = STATUS_ABSENT

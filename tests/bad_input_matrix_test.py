@@ -14,8 +14,6 @@ the ones README.md's "When things go wrong" table lists.
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -31,9 +29,9 @@ from csa_tf.cli import run_main
 from csa_tf.data import mmwhs_pnp
 from csa_tf.data.mmwhs import prepare_mmwhs
 from csa_tf.data.mscmr import prepare_mscmr
-from tests.conftest import make_mmwhs_release, make_mscmr_release, write_nifti
+from tests.helpers import make_config, make_mmwhs_release, make_mscmr_release, run_command
+from tests.helpers import write_nifti
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CROP = 32
 
 
@@ -54,10 +52,7 @@ def error_line_in_process(capsys, call) -> str:
 
 def error_line_of_command(module, *args) -> str:
   """Runs `python -m module args`; checks exit 2 and returns the last stderr line."""
-  result = subprocess.run([sys.executable, "-m", module, *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-  assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+  result = run_command(module, *args, expect=2)
   assert "Traceback" not in result.stderr, result.stderr[-3000:]
   lines = result.stderr.strip().splitlines()
   assert lines and lines[-1].startswith("error: "), result.stderr[-2000:]
@@ -98,10 +93,8 @@ def make_model_dir(model_dir, data_dir, *, checkpoint_classes=4, write_checkpoin
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from csa_tf.model import bundle as model_bundle  # pylint: disable=g-import-not-at-top
-  config = config_lib.TrainConfig(
-      model_dir=str(model_dir), data_dir=str(data_dir), dataset="mscmr", num_classes=4,
-      crop_size=CROP, modalities=("lge", "bssfp"), method="csa", feature_base=2,
-      batch_size=2).validate()
+  config = make_config(model_dir, data_dir=str(data_dir), crop_size=CROP,
+                       modalities=("lge", "bssfp"), method="csa")
   run_record.write_run_record(str(model_dir), config)
   if write_checkpoint:
     stored = config_lib.TrainConfig(**dict(config.to_json(), num_classes=checkpoint_classes,
@@ -343,6 +336,7 @@ def test_mmwhs_pnp_prep(tmp_path, capsys, case):
   assert snapshot(pnp_dir) == before
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("module,args,named", [
     ("data_prep.mscmr", ["--crop_size=100"], "--crop_size=100: must be a positive multiple"),
     ("data_prep.mscmr", ["--test_fraction=abc"], "flag --test_fraction=abc"),
@@ -361,6 +355,7 @@ def test_prep_flags(world, tmp_path, module, args, named):
   assert snapshot(raw) == before
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("module", ["data_prep.mscmr", "data_prep.mmwhs",
                                     "data_prep.mmwhs_pnp"])
 def test_prep_output_inside_raw_is_refused(world, tmp_path, module):
@@ -381,6 +376,7 @@ def test_prep_output_inside_raw_is_refused(world, tmp_path, module):
 # ---------------------------------------------------------------------------------------
 # csa_tf.train: a bad flag or data never creates the model dir.
 # ---------------------------------------------------------------------------------------
+@pytest.mark.integration
 @pytest.mark.parametrize("args,named", [
     (["--train_steps=-5"], "--train_steps=-5: must be a positive integer"),
     (["--batch_size=0"], "--batch_size=0: must be a positive integer"),
@@ -405,6 +401,7 @@ def test_train_flags(world, tmp_path, args, named):
   assert not model_dir.exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args,named", [
     (["--method=fancy"], "flag --method=fancy: value should be one of"),
     (["--train_steps=many"], "flag --train_steps=many"),
@@ -429,6 +426,7 @@ def test_train_unknown_method_in_config(tmp_path):
       "--method=fancy: unknown method")
 
 
+@pytest.mark.integration
 def test_train_without_data_dir_bad_flag_creates_nothing(tmp_path):
   model_dir = tmp_path / "run"
   line = error_line_of_command("csa_tf.train", f"--model_dir={model_dir}",
@@ -441,6 +439,7 @@ def test_train_without_data_dir_bad_flag_creates_nothing(tmp_path):
   assert not model_dir.exists()
 
 
+@pytest.mark.integration
 def test_train_resume_with_other_dataset_is_refused(world, tmp_path):
   # A 4-class MS-CMRSeg run continued on 5-class MM-WHS data with other modalities.
   model_dir = tmp_path / "run"
@@ -484,6 +483,7 @@ def test_evaluate(world, capsys, case):
   assert not os.path.exists(RunDir(model_dir).eval_dir)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args,named", [
     (["--batch_size=0"], "--batch_size=0: must be a positive integer"),
     (["--split=validation"], "flag --split=validation: value should be one of"),
@@ -580,6 +580,7 @@ def test_predict_bad_model_or_output(world, tmp_path, capsys, case, named):
   assert snapshot(tmp_path) == before
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args,named", [
     (["--modality=lge", "--field_of_view=side"],
      "flag --field_of_view=side: value should be one of"),
@@ -601,6 +602,7 @@ def test_predict_command(world, tmp_path, args, named):
 # ---------------------------------------------------------------------------------------
 # experiments.reproduce: no --output_dir on a refusal.
 # ---------------------------------------------------------------------------------------
+@pytest.mark.integration
 @pytest.mark.parametrize("args,named", [
     (["--methods=csa,fancy"], "--methods: unknown method 'fancy'"),
     (["--train_steps=-1"], "--train_steps=-1: must be a positive integer"),

@@ -3,15 +3,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from csa_tf.configs import train_config as config_lib
 from csa_tf.training.bn_recalibration import recalibrate_batch_norm
 from csa_tf.model.bundle import ModelBundle
+from tests.helpers import make_config
 
 
 def _config(method="msbn"):
-  return config_lib.TrainConfig(model_dir="unused", data_dir="unused", dataset="mscmr",
-                                num_classes=4, crop_size=16, method=method,
-                                feature_base=2, batch_size=3).validate()
+  return make_config(method=method, crop_size=16, batch_size=3)
 
 
 def _batch(seed):
@@ -22,7 +20,7 @@ def _batch(seed):
 
 
 def _dropouts(bundle):
-  return [l for net in bundle.unique_networks for l in net._flatten_layers()
+  return [l for net in bundle.unique_networks for l in net.sublayers()
           if isinstance(l, keras.layers.Dropout)]
 
 
@@ -48,7 +46,7 @@ def test_result_does_not_depend_on_previous_statistics():
   keras.utils.set_random_seed(0)
   config = _config()
   bundle = ModelBundle(config).build()
-  norms = [l for l in bundle.unique_networks[0]._flatten_layers()
+  norms = [l for l in bundle.unique_networks[0].sublayers()
            if isinstance(l, keras.layers.BatchNormalization)]
   batches = [_batch(2), _batch(3)]
   recalibrate_batch_norm(bundle, config, batches)

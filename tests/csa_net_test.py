@@ -190,7 +190,7 @@ def test_keras_file_round_trip(tmp_path):
 
 def test_layer_settings_follow_the_reference():
   net = _small_net()
-  layers = list(net._flatten_layers(include_self=False))
+  layers = net.sublayers()
   convs = [l for l in layers if isinstance(l, keras.layers.Conv2D)]
   assert all(not c.use_bias for c in convs)
   assert all(isinstance(c.kernel_initializer, keras.initializers.TruncatedNormal)

@@ -6,12 +6,16 @@ from csa_tf.data import pipeline as data
 from csa_tf.errors import CsaInputError
 from csa_tf.data.prepared import PreparedDataset
 from csa_tf.data.mscmr import prepare_mscmr
+from tests.helpers import make_mscmr_release
 
 
-@pytest.fixture
-def prepared(mscmr_release, tmp_path):
-  prepare_mscmr(mscmr_release, str(tmp_path / "prep"), crop_size=32, test_fraction=0.2)
-  return PreparedDataset.open(str(tmp_path / "prep"))
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  # Two modalities only (not tiny_prep's three): a modality it lacks is one of the cases.
+  root = tmp_path_factory.mktemp("data")
+  prepare_mscmr(make_mscmr_release(root / "raw"), str(root / "prep"), crop_size=32,
+                test_fraction=0.2)
+  return PreparedDataset.open(str(root / "prep"))
 
 
 def _take(dataset, n):

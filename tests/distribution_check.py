@@ -43,28 +43,24 @@ def main():
   args = parser.parse_args()
   split_cpu(args.replicas)
 
-  from csa_tf.configs import train_config as config_lib  # pylint: disable=g-import-not-at-top
   from csa_tf.training import distribution  # pylint: disable=g-import-not-at-top
   from csa_tf.model import bundle as model_bundle  # pylint: disable=g-import-not-at-top
   from csa_tf.data.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
   from csa_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  from tests.helpers import make_config, quiet  # pylint: disable=g-import-not-at-top
   if args.dtype == "float64":
     model_bundle.DTYPE_POLICIES["off"] = "float64"
 
   prepared = PreparedDataset.open(args.prep_dir)
   batch_size = 2 * args.replicas
-  base = dict(data_dir=args.prep_dir, dataset="mscmr", num_classes=4, crop_size=32,
-              method=args.method, train_steps=1, batch_size=batch_size, feature_base=2,
-              learning_rate=1e-3, dropout_rate=0.0, csa_area_norm="fraction",
-              bn_recalibration_batches=0)
-  quiet = lambda _: None
-  single = Trainer(config_lib.TrainConfig(
-      model_dir=os.path.join(args.model_dir, "single"), **base).validate(), prepared,
+  base = dict(data_dir=args.prep_dir, method=args.method, train_steps=1,
+              batch_size=batch_size, dropout_rate=0.0, bn_recalibration_batches=0)
+  single = Trainer(make_config(os.path.join(args.model_dir, "single"), **base), prepared,
                    log=quiet)
   strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(args.replicas)])
-  mirrored = Trainer(config_lib.TrainConfig(
-      model_dir=os.path.join(args.model_dir, "mirrored"), strategy="mirrored",
-      **base).validate(), prepared, log=quiet, strategy=strategy)
+  mirrored = Trainer(make_config(os.path.join(args.model_dir, "mirrored"),
+                                 strategy="mirrored", **base),
+                     prepared, log=quiet, strategy=strategy)
   # Start from the same weights whatever the strategy did with the initialisers.
   for source, target in zip(single.bundle.trainable_variables,
                             mirrored.bundle.trainable_variables):
@@ -109,8 +105,8 @@ def main():
 
   # One full step each: Adam's first moment after step 1 is 0.1 * the applied gradient,
   # so it checks the optimizer's aggregation; BN moving statistics check sync BN.
-  single._train_step(global_batch)  # pylint: disable=protected-access
-  mirrored._train_step(shards)  # pylint: disable=protected-access
+  single.train_step(global_batch)
+  mirrored.train_step(shards)
 
   def optimizer_state(trainer):
     return [v.numpy() for v in trainer.optimizer.variables if len(v.shape) > 0]

@@ -2,8 +2,6 @@
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,23 +9,7 @@ import tensorflow as tf
 
 from csa_tf.training import distribution
 from csa_tf.errors import CsaInputError
-from csa_tf.data.mscmr import prepare_mscmr
-from tests.conftest import make_mscmr_release
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def prep_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("distribution")
-  raw = make_mscmr_release(root / "raw", num_patients=4, modalities=("LGE", "C0"))
-  prepare_mscmr(raw, str(root / "prep"), modalities=["lge", "bssfp"], crop_size=32,
-                test_fraction=0.25)
-  return str(root / "prep")
-
-
-def _environment(**extra):
-  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **extra)
+from tests import helpers
 
 
 def test_shards_of_each_pipeline_cover_its_replicas_in_order():
@@ -60,13 +42,12 @@ def test_batch_size_must_split_over_replicas():
         os.environ["TF_CONFIG"] = old
 
 
-def test_mirrored_step_on_two_devices_equals_single_device_step(prep_dir, tmp_path):
+@pytest.mark.integration
+def test_mirrored_step_on_two_devices_equals_single_device_step(tiny_prep, tmp_path):
   # A subprocess: the CPU is split into two logical devices before TF initialises.
-  result = subprocess.run(
-      [sys.executable, "-m", "tests.distribution_check", f"--prep_dir={prep_dir}",
-       f"--model_dir={tmp_path}", "--method=csa"],
-      capture_output=True, text=True, cwd=ROOT, env=_environment(), timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = helpers.run_command("tests.distribution_check",
+                               f"--prep_dir={tiny_prep.prep_dir}",
+                               f"--model_dir={tmp_path}", "--method=csa")
   check = json.loads(result.stdout.strip().splitlines()[-1])
   assert check["replicas"] == 2 and check["shard_sizes"] == [2, 2]
   assert check["shards_equal_global_batch"]
@@ -93,20 +74,18 @@ def _free_ports(count):
 # About 100 s on 2 CPU cores (two TensorFlow processes tracing the same step): opt-in
 # with `python -m pytest -m slow` to keep the default run within its time budget.
 @pytest.mark.slow
-def test_two_workers_on_loopback_train_and_checkpoint(prep_dir, tmp_path):
+def test_two_workers_on_loopback_train_and_checkpoint(tiny_prep, tmp_path):
   model_dir = tmp_path / "run"
   workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
   processes = []
   for index in range(2):
     tf_config = json.dumps({"cluster": {"worker": workers},
                             "task": {"type": "worker", "index": index}})
-    processes.append(subprocess.Popen(
-        [sys.executable, "-m", "csa_tf.train", f"--data_dir={prep_dir}",
-         f"--model_dir={model_dir}", "--strategy=multi_worker", "--feature_base=2",
-         "--batch_size=4", "--train_steps=2", "--log_every=1", "--checkpoint_every=1",
-         "--bn_recalibration_batches=1", "--image_summary_every=2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env=_environment(TF_CONFIG=tf_config)))
+    processes.append(helpers.start_command(
+        "csa_tf.train", f"--data_dir={tiny_prep.prep_dir}", f"--model_dir={model_dir}",
+        "--strategy=multi_worker", "--feature_base=2", "--batch_size=4", "--train_steps=2",
+        "--log_every=1", "--checkpoint_every=1", "--bn_recalibration_batches=1",
+        "--image_summary_every=2", env={"TF_CONFIG": tf_config}))
   outputs = []
   try:
     for process in processes:

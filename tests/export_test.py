@@ -11,19 +11,17 @@ from csa_tf.serving import exporter as export
 from csa_tf.errors import CsaInputError
 from csa_tf.io.run_dir import RunDir
 from csa_tf.model.bundle import ModelBundle
-from tests.tiny_run import train_tiny_run
+
+# Every test reads the session's trained tiny run: the integration tier.
+pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  return train_tiny_run(tmp_path_factory.mktemp("export"))
-
-
-def test_exported_models_equal_the_restored_training_networks(run, tmp_path):
-  written = export.export_run(run.model_dir, str(tmp_path / "out"), log=lambda _: None)
+def test_exported_models_equal_the_restored_training_networks(tiny_run, tmp_path):
+  written = export.export_run(tiny_run.model_dir, str(tmp_path / "out"),
+                              log=lambda _: None)
   assert sorted(written) == ["bssfp", "lge"]
-  bundle = ModelBundle(run).build()
-  bundle.restore(RunDir(run.model_dir).latest_checkpoint())
+  bundle = ModelBundle(tiny_run).build()
+  bundle.restore(RunDir(tiny_run.model_dir).latest_checkpoint())
   # A batch of another size and a larger field of view than the training crop.
   images = tf.random.normal([3, 48, 40, 1], seed=4)
   outputs = {}
@@ -52,8 +50,8 @@ def test_exported_models_equal_the_restored_training_networks(run, tmp_path):
   assert not np.allclose(outputs["lge"], outputs["bssfp"])
 
 
-def test_existing_export_is_not_replaced_without_overwrite(run, tmp_path):
-  export.export_run(run.model_dir, str(tmp_path), log=lambda _: None)
+def test_existing_export_is_not_replaced_without_overwrite(tiny_run, tmp_path):
+  export.export_run(tiny_run.model_dir, str(tmp_path), log=lambda _: None)
   with pytest.raises(CsaInputError, match="exists; pass overwrite=True to replace it"):
-    export.export_run(run.model_dir, str(tmp_path), log=lambda _: None)
-  export.export_run(run.model_dir, str(tmp_path), overwrite=True, log=lambda _: None)
+    export.export_run(tiny_run.model_dir, str(tmp_path), log=lambda _: None)
+  export.export_run(tiny_run.model_dir, str(tmp_path), overwrite=True, log=lambda _: None)

@@ -4,9 +4,10 @@ import re
 import subprocess
 import sys
 
-from csa_tf import gpu_check
+import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from csa_tf import gpu_check
+from tests.helpers import ROOT, command_environment
 
 
 def test_no_gpu_is_a_warning_unless_required():
@@ -18,7 +19,7 @@ def test_no_gpu_is_a_warning_unless_required():
 
 
 def _entrypoint(*command, **env):
-  environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **env)
+  environment = command_environment(**env)
   # The image's venv is first on PATH; here the test's interpreter stands in for it.
   environment["PATH"] = os.path.dirname(sys.executable) + os.pathsep + environment["PATH"]
   return subprocess.run(["sh", os.path.join(ROOT, "docker", "entrypoint.sh"), *command],
@@ -26,6 +27,7 @@ def _entrypoint(*command, **env):
                         timeout=120)
 
 
+@pytest.mark.integration
 def test_entrypoint_warns_then_runs_the_command():
   result = _entrypoint("python", "-c", "print('the command ran')")
   assert result.returncode == 0, result.stderr

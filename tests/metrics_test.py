@@ -168,8 +168,8 @@ def test_union_crop_is_the_bounding_box_plus_one_clipped():
   shape = (10, 10, 10)
   pred = _boxes(shape, np.s_[3:5, 0:2, 6:7])
   gt = _boxes(shape, np.s_[4:6, 1:3, 9:10])
-  assert metrics._union_crop(pred, gt) == (slice(2, 7), slice(0, 4), slice(5, 10))
-  assert metrics._union_crop(np.zeros(shape, bool), np.zeros(shape, bool)) is None
+  assert metrics.union_crop(pred, gt) == (slice(2, 7), slice(0, 4), slice(5, 10))
+  assert metrics.union_crop(np.zeros(shape, bool), np.zeros(shape, bool)) is None
 
 
 def test_volume_metrics_equal_uncropped_medpy_exactly():

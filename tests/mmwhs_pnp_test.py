@@ -1,8 +1,6 @@
 """Tests of data_prep.mmwhs_pnp on a tiny release written in the PnP-AdaNet/SIFA format."""
 import json
 import os
-import subprocess
-import sys
 
 from absl.testing import flagsaver
 import numpy as np
@@ -15,8 +13,8 @@ from csa_tf.errors import CsaInputError
 from csa_tf.data.slicing import zscore_slices
 from csa_tf.data import mmwhs_pnp
 from data_prep import mmwhs_pnp as pnp_command
+from tests.helpers import start_command
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 256
 # Slice numbers whose natural order (1, 2, 9, 10, 11, 100) differs from lexical order.
 SLICE_NUMBERS = (10, 2, 100, 1, 11, 9)
@@ -323,10 +321,8 @@ BAD_RELEASES = {"truncated": (_truncated, "not a readable TFRecord"),
 
 
 def _cli(pnp_dir, prep_dir):
-  return subprocess.Popen(
-      [sys.executable, "-m", "data_prep.mmwhs_pnp", f"--pnp_dir={pnp_dir}",
-       f"--output_dir={prep_dir}"],
-      cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return start_command("data_prep.mmwhs_pnp", f"--pnp_dir={pnp_dir}",
+                       f"--output_dir={prep_dir}")
 
 
 @pytest.fixture(scope="module")
@@ -357,6 +353,7 @@ def _check_one_error_line(stderr, bad_file, expected, folder):
   assert not os.path.exists(out) or os.listdir(out) == []
 
 
+@pytest.mark.integration
 def test_cli_converts(cli_runs):
   returncode, stdout, stderr, folder, _ = cli_runs["good"]
   assert returncode == 0, stderr
@@ -366,6 +363,7 @@ def test_cli_converts(cli_runs):
                          "test": ["ct_1003", "mr_1003"]}
 
 
+@pytest.mark.integration
 def test_cli_process_truncated_record_is_one_error_line(cli_runs):
   returncode, _, stderr, folder, bad_file = cli_runs["truncated"]
   assert returncode == 2, stderr

@@ -9,7 +9,7 @@ import pytest
 from csa_tf.errors import CsaInputError
 from csa_tf.data.prepared import PreparedDataset
 from csa_tf.data.mmwhs import prepare_mmwhs
-from tests.conftest import make_mmwhs_release, write_nifti
+from tests.helpers import make_mmwhs_release, write_nifti
 
 
 def test_end_to_end_maps_four_structures(mmwhs_release, tmp_path):

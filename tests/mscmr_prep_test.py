@@ -1,8 +1,6 @@
 """Tests for data_prep.mscmr on small hand-made releases in the official layout."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,7 +8,7 @@ import pytest
 from csa_tf.errors import CsaInputError
 from csa_tf.data.prepared import PreparedDataset
 from csa_tf.data.mscmr import prepare_mscmr
-from tests.conftest import make_mscmr_release, write_nifti
+from tests.helpers import make_mscmr_release, run_command, write_nifti
 
 
 def _prepare(raw, out, **kw):
@@ -120,16 +118,15 @@ def test_bad_input_one_error_no_output(tmp_path, case):
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("flags,expected", [
     (["--crop_size=30"], "--crop_size=30"),
     (["--test_fraction=1.5"], "--test_fraction"),
     (["--modalities=lge,flair"], "flair"),
 ])
 def test_cli_bad_flags(mscmr_release, tmp_path, flags, expected):
-  result = subprocess.run(
-      [sys.executable, "-m", "data_prep.mscmr", f"--raw_dir={mscmr_release}",
-       f"--output_dir={tmp_path / 'prep'}"] + flags, capture_output=True, text=True)
-  assert result.returncode == 2
+  result = run_command("data_prep.mscmr", f"--raw_dir={mscmr_release}",
+                       f"--output_dir={tmp_path / 'prep'}", *flags, expect=2)
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0]
   assert not (tmp_path / "prep").exists()
@@ -140,11 +137,9 @@ def test_output_inside_raw_is_refused(mscmr_release):
     _prepare(mscmr_release, os.path.join(mscmr_release, "prep"))
 
 
+@pytest.mark.integration
 def test_cli_end_to_end(mscmr_release, tmp_path):
-  result = subprocess.run(
-      [sys.executable, "-m", "data_prep.mscmr", f"--raw_dir={mscmr_release}",
-       f"--output_dir={tmp_path / 'prep'}", "--crop_size=32"],
-      capture_output=True, text=True)
-  assert result.returncode == 0, result.stderr
+  result = run_command("data_prep.mscmr", f"--raw_dir={mscmr_release}",
+                       f"--output_dir={tmp_path / 'prep'}", "--crop_size=32")
   assert "prepared data written" in result.stdout
   assert (tmp_path / "prep" / "summary.txt").read_text().startswith("csa_tf preparation")

@@ -8,7 +8,7 @@ import pytest
 
 from csa_tf.errors import CsaInputError
 from csa_tf.io.nifti import read_volume, write_label_volume
-from tests.conftest import write_nifti
+from tests.helpers import write_nifti
 
 
 def test_reads_image_and_spacing(tmp_path):

@@ -2,8 +2,6 @@
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -15,8 +13,8 @@ from csa_tf.errors import CsaInputError
 from csa_tf.data import phantom
 # generate_phantoms looks its NIfTI writer up here, so a failing one is patched here.
 from csa_tf.data.phantom import release as phantom_release
+from tests.helpers import run_command
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAGS = datasets.MSCMR_SEQUENCE_TAGS
 LV, MYO, RV = datasets.MSCMR.label_values
 LVM, LAC, LVC, AA = datasets.MMWHS.label_values
@@ -346,12 +344,11 @@ def test_bad_arguments(tmp_path, kwargs, message):
   assert not os.path.exists(tmp_path / "out")
 
 
+@pytest.mark.integration
 def test_command_line(tmp_path):
-  command = [sys.executable, "-m", "data_prep.phantom", "--dataset=mscmr",
-             f"--output_dir={tmp_path / 'out'}", "--num_patients=2", "--scale=0.1",
-             "--modalities=lge,C0", "--seed=3"]
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
-  assert result.returncode == 0, result.stderr
+  result = run_command("data_prep.phantom", "--dataset=mscmr",
+                       f"--output_dir={tmp_path / 'out'}", "--num_patients=2", "--scale=0.1",
+                       "--modalities=lge,C0", "--seed=3")
   lines = result.stdout.splitlines()
   assert [line.split(":")[0] for line in lines[:2]] == [
       "phantom mscmr patient 1 (1/2)", "phantom mscmr patient 2 (2/2)"]
@@ -363,8 +360,7 @@ def test_command_line(tmp_path):
   for flags, error in ((["--dataset=mscmr", "--scale=2"],
                         "error: --scale=2.0: must be in (0, 1]"),
                        (["--scale=0.1"], "error: --dataset is required")):
-    bad = subprocess.run(command[:3] + [f"--output_dir={tmp_path / 'bad'}"] + flags,
-                         cwd=REPO, capture_output=True, text=True, check=False)
-    assert bad.returncode == 2
+    bad = run_command("data_prep.phantom", f"--output_dir={tmp_path / 'bad'}", *flags,
+                      expect=2)
     assert bad.stderr.strip().splitlines() == [error]
     assert not os.path.exists(tmp_path / "bad")

@@ -10,14 +10,11 @@
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from csa_tf.configs import train_config as config_lib
 from csa_tf import losses
 from csa_tf.data import prepared
 from csa_tf.cli import run_main
@@ -26,18 +23,15 @@ from csa_tf.io.atomic import write_atomically
 from csa_tf.data import mmwhs_pnp
 from csa_tf.data.mmwhs import prepare_mmwhs
 from csa_tf.data.mscmr import prepare_mscmr
-from tests.conftest import make_mmwhs_release, make_mscmr_release
+from tests.helpers import ROOT, make_config, make_mmwhs_release, make_mscmr_release, quiet
+from tests.helpers import start_command
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CROP = 32
 
 
-@pytest.fixture(scope="module")
-def prep_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("reliability")
-  raw = make_mscmr_release(root / "raw", num_patients=3)
-  prepare_mscmr(raw, str(root / "prep"), crop_size=CROP, test_fraction=0.34)
-  return str(root / "prep")
+@pytest.fixture
+def prep_dir(tiny_prep):
+  return tiny_prep.prep_dir
 
 
 # ---------------------------------------------------------------------------------------
@@ -53,15 +47,9 @@ KILL_TRAIN_FLAGS = ["--method=msbn", "--feature_base=2", "--batch_size=2",
                     "--checkpoint_every=4", "--log_every=1"]
 
 
-def _train_command(prep, model_dir):
-  return [sys.executable, "-m", "csa_tf.train", f"--data_dir={prep}",
-          f"--model_dir={model_dir}"] + KILL_TRAIN_FLAGS
-
-
-def _start(command):
-  return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+def _start_training(prep, model_dir):
+  return start_command("csa_tf.train", f"--data_dir={prep}", f"--model_dir={model_dir}",
+                       *KILL_TRAIN_FLAGS, merge_stderr=True)
 
 
 def _finish(process, timeout=600):
@@ -78,12 +66,13 @@ def _latest_tensors(model_dir):
   return path, {name: reader.get_tensor(name) for name in names}
 
 
+@pytest.mark.integration
 def test_sigkill_then_same_command_equals_uninterrupted(prep_dir, tmp_path):
   straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
   # The uninterrupted run goes alongside the one to be killed (2 cores: the wall time of
   # the test is about two runs, not three).
-  straight = _start(_train_command(prep_dir, straight_dir))
-  victim = _start(_train_command(prep_dir, killed_dir))
+  straight = _start_training(prep_dir, straight_dir)
+  victim = _start_training(prep_dir, killed_dir)
   state_file = killed_dir / "checkpoints" / "checkpoint"
   deadline = time.monotonic() + 600
   while not state_file.exists() and victim.poll() is None and time.monotonic() < deadline:
@@ -94,7 +83,7 @@ def test_sigkill_then_same_command_equals_uninterrupted(prep_dir, tmp_path):
   assert alive and code == -signal.SIGKILL, output[-3000:]
   assert not (killed_dir / "final_losses.json").exists()
 
-  code, output = _finish(_start(_train_command(prep_dir, killed_dir)))
+  code, output = _finish(_start_training(prep_dir, killed_dir))
   assert code == 0, output[-3000:]
   resumed = re.search(r"resumed from \S+ at step (\d+)", output)
   assert resumed and 0 < int(resumed.group(1)) < 10, output[-3000:]
@@ -116,15 +105,14 @@ def test_sigkill_then_same_command_equals_uninterrupted(prep_dir, tmp_path):
 # ---------------------------------------------------------------------------------------
 # Non-finite loss.
 # ---------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_non_finite_loss_stops_with_step_and_term_and_keeps_last_checkpoint(
     prep_dir, tmp_path, monkeypatch, capsys):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from csa_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
-  config = config_lib.TrainConfig(
-      model_dir=str(tmp_path / "run"), data_dir=prep_dir, dataset="mscmr", num_classes=4,
-      crop_size=CROP, method="msbn", train_steps=6, batch_size=2, feature_base=2,
-      checkpoint_every=2, log_every=100, bn_recalibration_batches=0).validate()
-  trainer = Trainer(config, prepared.PreparedDataset.open(prep_dir), log=lambda _: None)
+  config = make_config(tmp_path / "run", data_dir=prep_dir, crop_size=CROP, method="msbn",
+                       train_steps=6, checkpoint_every=2, bn_recalibration_batches=0)
+  trainer = Trainer(config, prepared.PreparedDataset.open(prep_dir), log=quiet)
   real_dice = losses.dice_loss
 
   def dice_nan_from_step_4(probs, labels, **kwargs):

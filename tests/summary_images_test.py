@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from csa_tf.configs import train_config as config_lib
 from csa_tf.training import summary_images
-from csa_tf.data.prepared import PreparedDataset
 from csa_tf.training.trainer import Trainer
-from csa_tf.data.mscmr import prepare_mscmr
-from tests.conftest import make_mscmr_release
+from tests.helpers import make_config, quiet
 
 
 def test_overlay_colours_classes_and_keeps_background_grey():
@@ -47,15 +44,6 @@ def test_panels_are_enlarged_and_side_by_side():
   assert affinity.shape == (128, 2 * 256 + 4, 3)
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-  root = tmp_path_factory.mktemp("summary")
-  raw = make_mscmr_release(root / "raw", num_patients=3, modalities=("LGE", "C0"))
-  prepare_mscmr(raw, str(root / "prep"), modalities=["lge", "bssfp"], crop_size=32,
-                test_fraction=0.34)
-  return PreparedDataset.open(str(root / "prep"))
-
-
 def read_images(model_dir):
   found = {}
   for path in glob.glob(os.path.join(model_dir, "train", "events.*")):
@@ -69,14 +57,11 @@ def read_images(model_dir):
   return found
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("method", ["msbn"])
-def test_trainer_writes_image_summaries(prepared, tmp_path, method):
-  config = config_lib.TrainConfig(
-      model_dir=str(tmp_path / "run"), data_dir="unused", dataset="mscmr", num_classes=4,
-      crop_size=32, method=method, train_steps=2, batch_size=2, feature_base=2,
-      log_every=100, checkpoint_every=100, image_summary_every=2,
-      bn_recalibration_batches=1).validate()
-  Trainer(config, prepared, log=lambda _: None).train()
+def test_trainer_writes_image_summaries(tiny_prep, tmp_path, method):
+  config = make_config(tmp_path / "run", method=method, image_summary_every=2)
+  Trainer(config, tiny_prep, log=quiet).train()
   images = read_images(config.model_dir)
   expected = {"segmentation/lge", "segmentation/bssfp"} | {
       f"affinity_g3_g4/{name}" for name in ("background", "LV", "myo", "RV")}

@@ -9,42 +9,19 @@ from csa_tf.training import objective
 from csa_tf.errors import CsaInputError
 from csa_tf.io.run_dir import RunDir
 from csa_tf.model.bundle import ModelBundle
-from csa_tf.data.prepared import PreparedDataset
 from csa_tf.training.trainer import Trainer
-from csa_tf.data.mscmr import prepare_mscmr
-from tests.conftest import make_mscmr_release
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-  root = tmp_path_factory.mktemp("trainer")
-  raw = make_mscmr_release(root / "raw", num_patients=4, modalities=("LGE", "C0", "T2"))
-  prepare_mscmr(raw, str(root / "prep"), modalities=["lge", "bssfp", "t2"], crop_size=32,
-                test_fraction=0.25)
-  return PreparedDataset.open(str(root / "prep"))
-
-
-def make_config(model_dir, **overrides):
-  values = dict(model_dir=str(model_dir), data_dir="unused", dataset="mscmr",
-                num_classes=4, crop_size=32, method="csa", train_steps=4, batch_size=2,
-                feature_base=2, learning_rate=1e-3, log_every=100, checkpoint_every=2,
-                csa_area_norm="fraction")
-  values.update(overrides)
-  return config_lib.TrainConfig(**values).validate()
-
-
-def quiet(_):
-  pass
+from tests.helpers import make_config, quiet
 
 
 def weights(bundle):
   return [v.numpy() for net in bundle.unique_networks for v in net.weights]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("method", ["single", "csa", "joint"])
-def test_checkpoint_holds_every_weight_and_restores_logits(prepared, tmp_path, method):
+def test_checkpoint_holds_every_weight_and_restores_logits(tiny_prep, tmp_path, method):
   config = make_config(tmp_path / method, method=method, train_steps=2)
-  trainer = Trainer(config, prepared, log=quiet)
+  trainer = Trainer(config, tiny_prep, log=quiet)
   trainer.train()
   # A fresh bundle differs from the trained one in every weight (random kernels, and
   # BN gammas/betas/moving statistics moved by training), so equality after restore
@@ -70,62 +47,75 @@ def _segmentation_loss(terms, modalities):
   return sum(1 + terms[f"dice_{m}"] + terms[f"ce_{m}"] for m in modalities)
 
 
-def test_tiny_overfit_halves_the_loss(prepared, tmp_path):
+@pytest.mark.integration
+def test_tiny_overfit_halves_the_loss(tiny_prep, tmp_path):
   config = make_config(tmp_path / "overfit", feature_base=4, batch_size=4,
                        dropout_rate=0.0)
-  trainer = Trainer(config, prepared, log=quiet)
+  trainer = Trainer(config, tiny_prep, log=quiet)
   batches = next(iter(trainer.dataset(0)))
   first = None
   for _ in range(60):
-    terms = {k: float(v) for k, v in trainer._train_step(batches).items()}
+    terms = {k: float(v) for k, v in trainer.train_step(batches).items()}
     first = first if first is not None else _segmentation_loss(terms, config.modalities)
   last = _segmentation_loss(terms, config.modalities)
   assert last <= 0.5 * first, (first, last)
 
 
-def test_seeded_runs_with_op_determinism_are_identical(prepared, tmp_path):
-  runs = []
-  for name in ("a", "b"):
-    trainer = Trainer(make_config(tmp_path / name, deterministic=True, train_steps=3),
-                      prepared, log=quiet)
-    trainer.train()
-    runs.append(weights(trainer.bundle))
-  for a, b in zip(*runs):
+def _deterministic_config(model_dir, steps, **overrides):
+  # A checkpoint at step 2 whatever the length: BN statistics are re-estimated before
+  # each checkpoint, so a run resumed from step 2 must have met that one too.
+  return make_config(model_dir, deterministic=True, train_steps=steps,
+                     checkpoint_every=2, **overrides)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_prep, tmp_path_factory):
+  """(config, final weights) of a seeded, deterministic 4-step run. Read-only."""
+  config = _deterministic_config(tmp_path_factory.mktemp("straight") / "run", 4)
+  trainer = Trainer(config, tiny_prep, log=quiet)
+  trainer.train()
+  return config, weights(trainer.bundle)
+
+
+@pytest.mark.integration
+def test_seeded_runs_with_op_determinism_are_identical(tiny_prep, straight_run, tmp_path):
+  trainer = Trainer(_deterministic_config(tmp_path / "again", 4), tiny_prep, log=quiet)
+  trainer.train()
+  for a, b in zip(straight_run[1], weights(trainer.bundle)):
     np.testing.assert_array_equal(a, b)
 
 
-def test_resume_equals_uninterrupted(prepared, tmp_path):
-  straight = Trainer(make_config(tmp_path / "straight", deterministic=True, train_steps=4),
-                     prepared, log=quiet)
-  straight.train()
-  Trainer(make_config(tmp_path / "resumed", deterministic=True, train_steps=2), prepared,
-          log=quiet).train()
-  resumed = Trainer(make_config(tmp_path / "resumed", deterministic=True, train_steps=4),
-                    prepared, log=quiet)
+@pytest.mark.integration
+def test_resume_equals_uninterrupted(tiny_prep, straight_run, tmp_path):
+  Trainer(_deterministic_config(tmp_path / "resumed", 2), tiny_prep, log=quiet).train()
+  resumed = Trainer(_deterministic_config(tmp_path / "resumed", 4), tiny_prep, log=quiet)
   resumed.train()
   assert int(resumed.step.numpy()) == 4 and int(resumed.optimizer.iterations.numpy()) == 4
-  for a, b in zip(weights(straight.bundle), weights(resumed.bundle)):
+  for a, b in zip(straight_run[1], weights(resumed.bundle)):
     np.testing.assert_array_equal(a, b)
 
 
-def test_model_dir_of_other_setting_is_refused(prepared, tmp_path):
-  Trainer(make_config(tmp_path / "run", train_steps=1), prepared, log=quiet).train()
+@pytest.mark.integration
+def test_model_dir_of_other_setting_is_refused(tiny_prep, straight_run):
+  # The trained run's folder is left as it was: the refusal comes before any write.
+  model_dir = straight_run[0].model_dir
   with pytest.raises(CsaInputError, match="config.json.*method 'csa' -> 'msbn'"):
-    Trainer(make_config(tmp_path / "run", method="msbn", train_steps=2), prepared,
+    Trainer(_deterministic_config(model_dir, 4, method="msbn"), tiny_prep,
             log=quiet).train()
 
 
-def test_three_modalities_train_and_share_one_network(prepared, tmp_path):
+@pytest.mark.integration
+def test_three_modalities_train_and_share_one_network(tiny_prep, tmp_path):
   config = make_config(tmp_path / "three", modalities=("lge", "bssfp", "t2"),
                        train_steps=2)
-  trainer = Trainer(config, prepared, log=quiet)
+  trainer = Trainer(config, tiny_prep, log=quiet)
   terms = trainer.train()
   assert len(trainer.bundle.unique_networks) == 1
   assert {"dice_t2", "ce_t2", "csa"} <= set(terms)
   assert all(np.isfinite(v) for v in terms.values())
 
 
-def test_step_on_one_modality_leaves_other_bn_statistics(prepared, tmp_path):
+def test_step_on_one_modality_leaves_other_bn_statistics(tiny_prep, tmp_path):
   config = make_config(tmp_path / "bn", method="msbn", modalities=("lge", "bssfp"))
   bundle = ModelBundle(config).build()
   net = bundle.networks["lge"]

@@ -7,12 +7,9 @@ import pytest
 
 from csa_tf.visualization import figures as visualize
 from csa_tf.errors import CsaInputError
-from tests.tiny_run import train_tiny_run
 
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  return train_tiny_run(tmp_path_factory.mktemp("visualize"))
+# Every test reads the session's trained tiny run: the integration tier.
+pytestmark = pytest.mark.integration
 
 
 def _check_png(path):
@@ -21,8 +18,8 @@ def _check_png(path):
   assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
 
 
-def test_figures_of_one_run(run, tmp_path):
-  written = visualize.make_figures(run.model_dir, output_dir=str(tmp_path / "fig"),
+def test_figures_of_one_run(tiny_run, tmp_path):
+  written = visualize.make_figures(tiny_run.model_dir, output_dir=str(tmp_path / "fig"),
                                    num_slices=2, log=lambda _: None)
   names = sorted(os.path.basename(p) for p in written)
   assert names == sorted(["segmentation_lge.png", "segmentation_bssfp.png",
@@ -30,14 +27,14 @@ def test_figures_of_one_run(run, tmp_path):
                           "affinity_g3_g4.png", "training_curves.png"])
   for path in written:
     _check_png(path)
-  scalars = visualize.read_scalars(run.model_dir)
+  scalars = visualize.read_scalars(tiny_run.model_dir)
   assert list(scalars["loss/total"][0]) == [1, 2]
 
 
-def test_reproduce_dir_gives_one_column_per_method_in_paper_order(run, tmp_path):
+def test_reproduce_dir_gives_one_column_per_method_in_paper_order(tiny_run, tmp_path):
   runs_dir = tmp_path / "runs"
   for method in ("csa", "msbn"):  # copies of one run under two methods' names
-    shutil.copytree(run.model_dir, runs_dir / method)
+    shutil.copytree(tiny_run.model_dir, runs_dir / method)
   main = str(runs_dir / "csa")
   runs = visualize.collect_runs(main, reproduce_dir=str(runs_dir))
   assert [r.label for r in runs] == ["MSBN", "CSA (ours)"]
@@ -48,10 +45,10 @@ def test_reproduce_dir_gives_one_column_per_method_in_paper_order(run, tmp_path)
     _check_png(path)
 
 
-def test_bad_tap_and_missing_run_are_reported(run, tmp_path):
+def test_bad_tap_and_missing_run_are_reported(tiny_run, tmp_path):
   with pytest.raises(CsaInputError, match="^feature_tap=g42: expected one of"):
-    visualize.make_figures(run.model_dir, output_dir=str(tmp_path), feature_tap="g42",
-                           log=lambda _: None)
+    visualize.make_figures(tiny_run.model_dir, output_dir=str(tmp_path),
+                           feature_tap="g42", log=lambda _: None)
   with pytest.raises(CsaInputError, match="not a csa_tf model dir"):
-    visualize.make_figures(run.model_dir, compare_runs=[str(tmp_path)],
+    visualize.make_figures(tiny_run.model_dir, compare_runs=[str(tmp_path)],
                            log=lambda _: None)

@@ -226,6 +226,14 @@ class CsaNet(keras.Model):
   def compute_output_shape(self, input_shape):
     return tuple(input_shape[:-1]) + (self.num_classes,)
 
+  def sublayers(self) -> List[keras.layers.Layer]:
+    """Every sub-layer, depth-first in construction (= forward) order.
+
+    Blocks, convs, dropouts and each modality's BatchNormalization: for callers that
+    look for the layers of one kind (tests of layer settings, BN re-estimation).
+    """
+    return self._sublayers_in_order()
+
   def _sublayers_in_order(self):
     """Depth-first sub-layers in construction (= forward) order."""
     ordered = []

@@ -171,6 +171,23 @@ class Trainer:
                                            batch_sum=batch_sum)
     return gradients, dict(terms, total=total), images
 
+  def train_step(self, batches) -> Dict[str, tf.Tensor]:
+    """Runs one optimizer step, the compiled one `train` runs, without the bookkeeping.
+
+    `train` also counts the step, checks the losses, logs and checkpoints; this is the
+    step alone, for callers that drive their own loop on fixed batches (an overfitting
+    check, a comparison of strategies).
+
+    Args:
+      batches: {modality: (images, labels)} of the global batch, or under a
+        distribution strategy the per-replica shards of `distribute_global_batches`.
+
+    Returns:
+      The loss terms with "total" (and the image summary tensors under IMAGES_KEY when
+      image summaries are on).
+    """
+    return self._train_step(batches)
+
   def _step(self, batches):
     gradients, terms, images = self.replica_gradients(batches)
     self.optimizer.apply_gradients(zip(gradients, self.bundle.trainable_variables))

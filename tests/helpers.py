@@ -1,0 +1,225 @@
+"""Shared test builders: tiny releases, a tiny PREP, TrainConfigs, trained runs, commands.
+
+Plain functions, importable from test modules and from the scripts tests run in a
+subprocess (tests/distribution_check.py). The pytest fixtures that share the expensive
+ones over a whole session (`tiny_prep`, `tiny_run`) live in tests/conftest.py.
+"""
+import concurrent.futures
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The tiny network and schedule every in-process training test starts from: enough to
+# run each code path, not to learn anything. Tests override what they are about.
+TINY_CONFIG = dict(
+    model_dir="unused", data_dir="unused", dataset="mscmr", num_classes=4, crop_size=32,
+    method="csa", train_steps=2, batch_size=2, feature_base=2, learning_rate=1e-3,
+    log_every=100, checkpoint_every=100, csa_area_norm="fraction",
+    bn_recalibration_batches=1)
+
+# The command-line counterpart of TINY_CONFIG for `python -m csa_tf.train`.
+TINY_TRAIN_FLAGS = ("--feature_base=2", "--batch_size=2", "--train_steps=2",
+                    "--log_every=1", "--checkpoint_every=1", "--bn_recalibration_batches=1")
+
+# The tiny PREP of the `tiny_prep` fixture: 4 MS-CMRSeg-like patients in three sequences
+# (3 train, 1 test), crop 32. Three modalities so that one PREP serves the two- and the
+# three-modality tests.
+TINY_PREP = dict(num_patients=4, raw_modalities=("LGE", "C0", "T2"),
+                 modalities=("lge", "bssfp", "t2"), crop_size=32, test_fraction=0.25)
+
+
+def quiet(_):
+  """A log function that drops every line (training and preparation progress)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Hand-made releases in the official layouts.
+# ---------------------------------------------------------------------------------------
+def write_nifti(path, data, affine=None, dtype=None):
+  """Writes data as NIfTI at path (folders created); returns path."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  data = np.asarray(data)
+  img = nib.Nifti1Image(data.astype(dtype or data.dtype),
+                        np.eye(4) if affine is None else affine)
+  nib.save(img, str(path))
+  return str(path)
+
+
+def short_axis_label(shape, center, radius, values=(500, 200, 600)):
+  """A short-axis label stack [X, Y, Z]: LV disk, myo ring, RV crescent beside them."""
+  xs, ys = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+  dist = np.hypot(xs - center[0], ys - center[1])
+  rv_dist = np.hypot(xs - center[0], ys - (center[1] + 1.6 * radius))
+  plane = np.zeros(shape[:2], dtype=np.int16)
+  plane[rv_dist < radius * 1.1] = values[2]
+  plane[dist < radius * 1.4] = values[1]
+  plane[dist < radius] = values[0]
+  return np.repeat(plane[:, :, None], shape[2], axis=2)
+
+
+def make_mscmr_release(root, num_patients=5, modalities=("LGE", "C0"), shape=(40, 48, 5),
+                       seed=0):
+  """Writes images/patientN_TAG.nii.gz and labels/TAG/patientN_TAG_manual.nii.gz."""
+  rng = np.random.default_rng(seed)
+  for n in range(1, num_patients + 1):
+    for tag in modalities:
+      center = (shape[0] // 2 + rng.integers(-3, 4), shape[1] // 2 + rng.integers(-6, 0))
+      label = short_axis_label(shape, center, radius=4 + rng.integers(0, 3))
+      image = (rng.normal(100, 10, shape) + (label == 500) * 200).astype(np.float32)
+      write_nifti(os.path.join(root, "images", f"patient{n}_{tag}.nii.gz"), image)
+      write_nifti(os.path.join(root, "labels", tag, f"patient{n}_{tag}_manual.nii.gz"),
+                  label)
+  return str(root)
+
+
+def make_mmwhs_release(root, num_patients=3, modalities=("ct", "mr"), shape=(32, 24, 40),
+                       seed=0):
+  """Writes {ct,mr}_train/{m}_train_10NN_{image,label}.nii.gz with 3D blobs."""
+  rng = np.random.default_rng(seed)
+  grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+  for modality in modalities:
+    for n in range(1001, 1001 + num_patients):
+      label = np.zeros(shape, dtype=np.int16)
+      center = np.array(shape) / 2 + rng.integers(-2, 3, 3)
+      for value, offset, radius in ((500, (0, 0, 0), 4), (420, (0, 0, 8), 3),
+                                    (820, (0, 4, -8), 2), (600, (6, 0, 0), 3)):
+        inside = np.linalg.norm(grid - (center + offset), axis=-1) < radius
+        label[inside & (label == 0)] = value
+      shell = (np.linalg.norm(grid - center, axis=-1) < 6) & (label == 0)
+      label[shell] = 205
+      image = (rng.normal(0, 20, shape) + (label > 0) * 300).astype(np.float32)
+      folder = os.path.join(root, f"{modality}_train")
+      affine = np.diag([0.8, 0.8, 1.0, 1.0])
+      write_nifti(os.path.join(folder, f"{modality}_train_{n}_image.nii.gz"), image, affine)
+      write_nifti(os.path.join(folder, f"{modality}_train_{n}_label.nii.gz"), label, affine)
+  return str(root)
+
+
+# ---------------------------------------------------------------------------------------
+# PREP folders, configs and runs.
+# ---------------------------------------------------------------------------------------
+def make_tiny_prep(root) -> str:
+  """Writes the TINY_PREP release under root/raw and prepares it in root/prep.
+
+  Returns:
+    The PREP folder.
+  """
+  from csa_tf.data.mscmr import prepare_mscmr  # pylint: disable=g-import-not-at-top
+  spec = TINY_PREP
+  raw = make_mscmr_release(os.path.join(root, "raw"), num_patients=spec["num_patients"],
+                           modalities=spec["raw_modalities"])
+  prep_dir = os.path.join(root, "prep")
+  prepare_mscmr(raw, prep_dir, modalities=list(spec["modalities"]),
+                crop_size=spec["crop_size"], test_fraction=spec["test_fraction"])
+  return prep_dir
+
+
+def make_config(model_dir="unused", **overrides):
+  """A validated TrainConfig: TINY_CONFIG with model_dir and overrides.
+
+  Raises:
+    CsaInputError: from TrainConfig.validate (tests of bad values rely on it).
+  """
+  from csa_tf.configs import train_config  # pylint: disable=g-import-not-at-top
+  values = dict(TINY_CONFIG, model_dir=str(model_dir))
+  values.update(overrides)
+  return train_config.TrainConfig(**values).validate()
+
+
+def train_tiny_run(model_dir, prep_dir, **overrides):
+  """Trains make_config(model_dir, data_dir=prep_dir, **overrides); returns the config.
+
+  Logs every step (figure tests read the loss curve of each step).
+  """
+  from csa_tf.data.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
+  from csa_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  config = make_config(model_dir, **dict(dict(data_dir=str(prep_dir), log_every=1),
+                                         **overrides))
+  Trainer(config, PreparedDataset.open(str(prep_dir)), log=quiet).train()
+  return config
+
+
+# ---------------------------------------------------------------------------------------
+# Commands, run as a user runs them.
+# ---------------------------------------------------------------------------------------
+def command_environment(**extra):
+  """os.environ with TensorFlow's C++ logging off and extra variables set.
+
+  A variable given as None is removed (e.g. TF_CPP_MIN_LOG_LEVEL=None runs the command
+  as a new user would).
+  """
+  environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **extra)
+  return {k: v for k, v in environment.items() if v is not None}
+
+
+def command_line(module, *args):
+  return [sys.executable, "-m", module, *map(str, args)]
+
+
+def run_command(module, *args, expect=0, env=None, timeout=600):
+  """Runs `python -m module args` from the repository root and waits for it.
+
+  Args:
+    module: e.g. "csa_tf.train".
+    *args: its arguments (str() of each).
+    expect: the exit status the command must end with (the assertion shows the ends of
+      its output otherwise); None to check nothing.
+    env: extra environment variables.
+    timeout: seconds before subprocess.TimeoutExpired.
+
+  Returns:
+    The subprocess.CompletedProcess, with text stdout and stderr.
+  """
+  result = subprocess.run(command_line(module, *args), capture_output=True, text=True,
+                          cwd=ROOT, env=command_environment(**(env or {})),
+                          timeout=timeout, check=False)
+  if expect is not None:
+    assert_exit_status(result, expect)
+  return result
+
+
+def assert_exit_status(result, expect=0):
+  """Asserts a finished command's exit status, showing the ends of its output if not."""
+  assert result.returncode == expect, (result.returncode, result.stdout[-3000:] +
+                                       result.stderr[-3000:])
+
+
+def run_commands(commands, *, workers=None, timeout=600):
+  """Runs several independent commands side by side; returns their results in order.
+
+  Each training command spends most of its time on one core (importing TensorFlow,
+  tracing the step), so two or more at once finish sooner than one after the other.
+  Exit statuses are not checked here: each test checks its own command's with
+  assert_exit_status, so that a failure is reported where it belongs.
+
+  Args:
+    commands: (module, *args) tuples; a dict as the last item is the command's extra
+      environment (see command_environment).
+    workers: how many run at once; default the number of CPU cores, at most 4 (each
+      TensorFlow process holds about 1 GB).
+    timeout: seconds per command.
+  """
+  workers = workers or max(1, min(4, os.cpu_count() or 1))
+  def run_one(command):
+    env = command[-1] if isinstance(command[-1], dict) else None
+    args = command[:-1] if env is not None else command
+    return run_command(*args, expect=None, env=env, timeout=timeout)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    return list(pool.map(run_one, commands))
+
+
+def start_command(module, *args, env=None, merge_stderr=False):
+  """Starts `python -m module args` from the repository root; returns the Popen.
+
+  stdout (and stderr, into stdout if merge_stderr) are text pipes: read them with
+  communicate().
+  """
+  stderr = subprocess.STDOUT if merge_stderr else subprocess.PIPE
+  return subprocess.Popen(
+      command_line(module, *args), cwd=ROOT, env=command_environment(**(env or {})),
+      stdout=subprocess.PIPE, stderr=stderr, text=True)
