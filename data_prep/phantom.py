@@ -16,22 +16,7 @@ values and typical voxel grids (REFERENCE.md section 5).
          3D labels 205, 420, 500, 550, 600, 820, 850 (and a few stray 421 in
          mr_train_1010, as in the release).
 
-How the phantoms are made:
-- Each (patient, modality) volume gets its own anatomy, pose, grid and appearance: the
-  data are unpaired, so one patient's LGE is not its bSSFP resampled (MS-CMRSeg volumes
-  of one patient share a base heart size, jittered per sequence like a change of cardiac
-  phase; MM-WHS CT and MR patients are different people, as in the release).
-- Random draws are keyed by (seed, dataset, patient, modality), so a volume does not
-  depend on how many patients or which modalities are generated, and its anatomy (in mm)
-  does not depend on `scale`: only the voxel grid does.
-- MS-CMRSeg anatomy is drawn slice by slice in the image's own millimetre frame (its
-  affine is the grid spacing with a small oblique tilt).
-- MM-WHS anatomy is drawn in world (RAS) millimetres and sampled at each voxel's world
-  position through the volume's affine: CT is stored axial (LPS), MR sagittal or coronal
-  with a small oblique tilt, so readers must take the orientation from the header.
-- Images: tissue intensities blended with one-voxel partial volume, a smooth texture,
-  a multiplicative bias field (MR), Rician (MR) or Gaussian (CT) noise; stored as int16.
-  Labels are uint16. Every folder written carries a `csa_phantom.json` marker.
+How they are drawn (unpaired anatomy, orientation, appearance): csa_tf/data/phantom.
 """
 from absl import flags
 

@@ -137,6 +137,16 @@ def test_output_inside_raw_is_refused(mscmr_release):
     _prepare(mscmr_release, os.path.join(mscmr_release, "prep"))
 
 
+def test_output_holding_raw_is_refused_even_with_overwrite(mscmr_release):
+  # --output_dir=S --raw_dir=S/raw --overwrite would replace S, raw data and all.
+  before = sorted(os.listdir(mscmr_release))
+  parent = os.path.dirname(mscmr_release)
+  with pytest.raises(CsaInputError, match=f"^output_dir={parent}: contains raw_dir="):
+    prepare_mscmr(mscmr_release, parent, crop_size=32, test_fraction=0.34,
+                  overwrite=True)
+  assert sorted(os.listdir(mscmr_release)) == before
+
+
 @pytest.mark.integration
 def test_cli_end_to_end(mscmr_release, tmp_path):
   result = run_command("data_prep.mscmr", f"--raw_dir={mscmr_release}",

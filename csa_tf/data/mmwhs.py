@@ -1,13 +1,8 @@
-r"""Prepares MM-WHS 2017 for csa_tf (REFERENCE.md section 5; paper Sec. 3).
+"""MM-WHS 2017 as released -> PREP (REFERENCE.md section 5; paper Sec. 3).
 
-  python -m data_prep.mmwhs --raw_dir=RAW --output_dir=PREP \
-      [--modalities=ct,mr] [--crop_size=256] [--test_fraction=0.2] [--seed=0]
-
-Finds `{ct,mr}_train_10xx_{image,label}.nii.gz` anywhere under RAW, reads each volume's
-orientation from its header (never from the array axes), takes coronal slices, crops them
-with one crop_size box enclosing the four paper structures (205 LVM, 420 LAC, 500 LVC,
-820 AA; the rest is background; the release's stray 421 is read as 420), z-scores each
-slice, and splits each modality's patients (different people in CT and MR) 80/20.
+`prepare_mmwhs` is what `python -m data_prep.mmwhs` runs (its docstring says what the
+command reads and writes). This module only finds the files, checks image/label grids
+and names the label values; the shared work is csa_tf.data.preparation.
 """
 import functools
 import re

@@ -198,20 +198,6 @@ def npz_volume(modality: str, path: str,
   return volume, int((label == IGNORE_LABEL).sum())
 
 
-def check_dirs(pnp_dir: str, output_dir: str) -> None:
-  """Refuses an output folder that is, lies inside or contains pnp_dir."""
-  release = os.path.realpath(pnp_dir)
-  out = os.path.realpath(output_dir)
-  if out == release or out.startswith(release + os.sep):
-    raise CsaInputError(f"{param('output_dir', output_dir)}: lies inside "
-                        f"{param('pnp_dir', pnp_dir)}; "
-                        "the release folder is never written to")
-  if release.startswith(out + os.sep):
-    raise CsaInputError(f"{param('output_dir', output_dir)}: contains "
-                        f"{param('pnp_dir', pnp_dir)}; "
-                        "replacing it would delete the release; choose another folder")
-
-
 def prepare_pnp(pnp_dir: str, output_dir: str, *, overwrite: bool = False) -> str:
   """Converts the release under pnp_dir into output_dir; returns the summary text.
 
@@ -219,7 +205,7 @@ def prepare_pnp(pnp_dir: str, output_dir: str, *, overwrite: bool = False) -> st
     CsaInputError: bad folders, no release files, two test files with the same patient
       id, or any bad file (named in the message). Nothing is left at output_dir then.
   """
-  check_dirs(pnp_dir, output_dir)
+  preparation.check_output_apart(output_dir, pnp_dir, source_param="pnp_dir")
   spec = datasets.MMWHS
   train, test, nifti = find_release_files(pnp_dir)
   ids: Dict[str, str] = {}

@@ -1,12 +1,8 @@
-r"""Prepares MS-CMRSeg 2019 for csa_tf (REFERENCE.md section 5; paper Sec. 3).
+"""MS-CMRSeg 2019 as released -> PREP (REFERENCE.md section 5; paper Sec. 3).
 
-  python -m data_prep.mscmr --raw_dir=RAW --output_dir=PREP \
-      [--modalities=lge,bssfp] [--crop_size=224] [--test_fraction=0.2] [--seed=0]
-
-Finds `patientN_{C0,LGE,T2}.nii.gz` images and their `patientN_{...}_manual.nii.gz`
-labels anywhere under RAW (the release keeps them in different folders), maps labels
-500/200/600 to LV=1, myo=2, RV=3, crops every slice of a volume with one crop_size box
-that encloses all annotated regions, z-scores each slice and splits by patient.
+`prepare_mscmr` is what `python -m data_prep.mscmr` runs (its docstring says what the
+command reads and writes). This module only finds the files and names the label values;
+the shared work is csa_tf.data.preparation.
 """
 import functools
 import re

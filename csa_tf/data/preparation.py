@@ -224,17 +224,32 @@ def run_preparation(output_dir: str, *, spec: DatasetSpec, settings: dict,
     raise
 
 
+def check_output_apart(output_dir: str, source_dir: str, *, source_param: str) -> None:
+  """Refuses an output folder that is, lies inside or contains the source (raw) folder.
+
+  The source is only ever read; replacing an output folder that holds it would delete it.
+
+  Raises:
+    CsaInputError: naming both folders (as the command's flags while one runs).
+  """
+  source = os.path.realpath(source_dir)
+  out = os.path.realpath(output_dir)
+  if out == source or out.startswith(source + os.sep):
+    raise CsaInputError(f"{param('output_dir', output_dir)}: lies inside "
+                        f"{param(source_param, source_dir)}; "
+                        "the source folder is never written to")
+  if source.startswith(out + os.sep):
+    raise CsaInputError(f"{param('output_dir', output_dir)}: contains "
+                        f"{param(source_param, source_dir)}; "
+                        "replacing it would delete the source; choose another folder")
+
+
 def check_common_flags(crop_size: int, test_fraction: float, raw_dir: str = "",
                        output_dir: str = "") -> None:
   """Raises CsaInputError for crop sizes the network cannot take, bad fractions, or an
   output folder inside the raw data (which is never written to)."""
   if raw_dir and output_dir:
-    raw = os.path.realpath(raw_dir)
-    out = os.path.realpath(output_dir)
-    if out == raw or out.startswith(raw + os.sep):
-      raise CsaInputError(f"{param('output_dir', output_dir)}: lies inside "
-                          f"{param('raw_dir', raw_dir)}; "
-                          "the raw data folder is never written to")
+    check_output_apart(output_dir, raw_dir, source_param="raw_dir")
   problem = size_problem(crop_size)
   if problem:
     raise CsaInputError(f"{param('crop_size', crop_size)}: {problem}")

@@ -1,12 +1,9 @@
-r"""Evaluates a trained run on its prepared test split (paper Tables 1-3; REFERENCE.md §6).
+"""Evaluates a trained run on its prepared test split (paper Tables 1-3; REFERENCE.md §6).
 
-  python -m csa_tf.evaluate --model_dir=RUN [--data_dir=PREP] [--split=test]
-
-Segments every test volume slice by slice through its own modality's BN statistics,
-pastes the prediction back into the original voxel grid (undoing the crop), computes per
-class 3D Dice, Hausdorff distance in voxels (like the paper) and in mm, HD95 and ASSD, and
-writes the per-volume CSV and the summary JSON into the run folder (their paths:
-`RunDir.per_volume_path` and `RunDir.summary_path`), then prints the table.
+`evaluate_run` is what `python -m csa_tf.evaluate` runs: every volume is segmented slice
+by slice through its own modality's BN statistics, put back on its original voxel grid,
+and scored by csa_tf.metrics (medpy 0.5.2's values); the outputs go to the paths
+`RunDir.per_volume_path` and `RunDir.summary_path` name.
 """
 import math
 import os

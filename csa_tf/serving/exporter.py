@@ -1,19 +1,8 @@
-r"""Exports a trained run as one serving model per modality.
+"""Exports a trained run as one serving model (SavedModel, .keras, model.json) per modality.
 
-  python -m csa_tf.export --model_dir=RUN --output_dir=DIR [--overwrite]
-
-For every modality M of the run, DIR/M/ holds:
-  saved_model/  a TensorFlow SavedModel whose "serving_default" signature takes
-                `images`: float32 [batch, H, W, in_channels] z-scored slices (H, W
-                multiples of 8) and returns `probabilities` float32 [batch, H, W, C]
-                (softmax) and `classes` int32 [batch, H, W] (argmax). M's BatchNorm
-                statistics are baked in: the model holds only M's BN set and always
-                runs in inference mode, in float32.
-  model.keras   the same network as a Keras file (needs csa_tf installed to load; call
-                it as `model(images, modality=M)`; it returns logits).
-  model.json    inputs, preprocessing, classes and their label values, provenance.
-
-Load with `tf.saved_model.load(DIR/M/saved_model).signatures["serving_default"]`.
+`export_run` is what `python -m csa_tf.export` runs; that command's docstring describes
+the exported signature and files. Each modality's folder is built as a staged folder and
+renamed into place whole (csa_tf.io.atomic).
 """
 import os
 from typing import Callable, Dict

@@ -1,17 +1,9 @@
-r"""Segments new NIfTI volumes with a trained run; no label needed.
+"""Segments new NIfTI volumes with a trained run; no label needed.
 
-  python -m csa_tf.predict --model_dir=RUN --modality=lge --input=IN.nii.gz \
-      --output=OUT.nii.gz [--field_of_view=full|center] [--overwrite]
-  python -m csa_tf.predict --model_dir=RUN --modality=ct --input=IN_DIR --output=OUT_DIR
-
-Slices are taken as in preparation (MS-CMRSeg: the stored short-axis stack; MM-WHS:
-coronal slices from the header's orientation). There is no label to centre a crop on,
-so by default each whole slice is used, padded to the smallest square the network takes
-(`full`, see csa_tf.configs.downsampling); `center` instead takes the training crop size
-around the slice centre, which matches the training field of view when the heart is near
-the image centre. The output holds the dataset's original label values (500/200/600 or
-205/420/500/820), the input's affine and header, and is never written over an existing
-file without --overwrite.
+`predict_files` is what `python -m csa_tf.predict` runs; that command's docstring
+describes the two fields of view and the output. Slices are taken as in preparation
+(csa_tf.data.slicing), padded to the sizes the network takes (csa_tf.configs.downsampling),
+and pasted back into the input's grid with the release's label values.
 """
 import os
 from typing import Callable, List, Tuple

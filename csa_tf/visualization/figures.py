@@ -1,21 +1,8 @@
-r"""Figures of trained runs as PNG files (matplotlib, Agg backend).
+"""Figures of trained runs as PNG files (paper Fig. 6 and Fig. 2, affinities, curves).
 
-  python -m csa_tf.visualize --model_dir=RUN [--data_dir=PREP] [--output_dir=DIR]
-      [--compare_runs=RUN2,RUN3] [--reproduce_dir=RESULTS/runs] [--num_slices=3]
-      [--feature_tap=g3]
-
-Writes into DIR (default RUN/figures):
-  segmentation_<modality>.png  paper Fig. 6: test slices (rows); the input, the ground
-                               truth and each run's prediction (columns, in the paper's
-                               order Single, UMMKD, Joint, MSBN, Affinity, CSA).
-  feature_maps_<modality>.png  paper Fig. 2: for one test slice and one layer (tap), per
-                               class the channel most correlated with the class mask,
-                               whole and masked by the class (F^c = F * M_c, Eq. 2).
-  affinity_<l>_<k>.png         the class-specific affinity matrices (Eq. 3) of the first
-                               CSA layer pair, per modality and class, on test slices.
-  training_curves.png          every loss term and the learning rate from the runs'
-                               TensorBoard scalars.
-Every figure of a run uses its own modality's BN statistics (inference mode).
+`make_figures` is what `python -m csa_tf.visualize` runs; that command's docstring lists the
+figures and their file names. Every figure of a run uses its own modality's BN statistics
+(inference mode); matplotlib draws with the Agg backend.
 """
 import glob
 import os

@@ -1,20 +1,9 @@
-r"""Synthetic cardiac phantoms in the MS-CMRSeg 2019 and MM-WHS 2017 release layouts.
+"""Synthetic cardiac phantoms in the MS-CMRSeg 2019 and MM-WHS 2017 release layouts.
 
-  python -m data_prep.phantom --dataset=mscmr --output_dir=DIR [--num_patients=45] \
-      [--seed=0] [--scale=1.0] [--modalities=lge,bssfp,t2]
-  python -m data_prep.phantom --dataset=mmwhs --output_dir=DIR [--num_patients=20] \
-      [--seed=0] [--scale=1.0] [--modalities=ct,mr]
-
-The real datasets cannot be downloaded here, so the demo and the tests use phantoms that
-the project draws itself: NIfTI volumes with the releases' file names, folders, label
-values and typical voxel grids (REFERENCE.md section 5).
-
-  mscmr: DIR/images/patientN_{C0,LGE,T2}.nii.gz and
-         DIR/labels/{C0,LGE,T2}/patientN_{C0,LGE,T2}_manual.nii.gz (N = 1..num_patients);
-         short-axis stacks along array axis 2; labels 500 LV, 200 myo, 600 RV.
-  mmwhs: DIR/{ct,mr}_train/{ct,mr}_train_NNNN_{image,label}.nii.gz (NNNN = 1001..);
-         3D labels 205, 420, 500, 550, 600, 820, 850 (and a few stray 421 in
-         mr_train_1010, as in the release).
+`generate_phantoms` is what `python -m data_prep.phantom` runs; that command's docstring
+lists the files it writes. The real datasets cannot be downloaded here, so the demo and
+the tests use these: NIfTI volumes with the releases' file names, folders, label values
+and typical voxel grids (REFERENCE.md section 5; `release._relative_paths`).
 
 How the phantoms are made:
 - Each (patient, modality) volume gets its own anatomy, pose, grid and appearance: the
