@@ -26,6 +26,7 @@ from csa_tf.data import prepared
 from csa_tf.io import run_record
 from csa_tf.io.run_dir import RunDir
 from csa_tf.cli import run_main
+from csa_tf.errors import CsaInputError
 from csa_tf.data import mmwhs_pnp
 from csa_tf.data.mmwhs import prepare_mmwhs
 from csa_tf.data.mscmr import prepare_mscmr
@@ -417,7 +418,7 @@ def test_train_flag_parsing(world, tmp_path, args, named):
 def test_train_unknown_method_in_config(tmp_path):
   # What --method=fancy reaches when it gets past flag parsing (e.g. from a config): the
   # library names the field, csa_tf.train spells it as its flag.
-  with pytest.raises(config_lib.CsaInputError,
+  with pytest.raises(CsaInputError,
                      match="^method=fancy: unknown method") as info:
     config_lib.TrainConfig(model_dir=str(tmp_path), data_dir="", dataset="mscmr",
                            num_classes=4, crop_size=CROP, method="fancy").validate()
