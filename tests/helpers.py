@@ -153,7 +153,8 @@ def command_environment(**extra):
   A variable given as None is removed (e.g. TF_CPP_MIN_LOG_LEVEL=None runs the command
   as a new user would).
   """
-  environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **extra)
+  environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  environment.update(extra)
   return {k: v for k, v in environment.items() if v is not None}
 
 
