@@ -33,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main, define_flags, required=("model_dir",), tensorflow=True)
+  cli.run(main, define_flags, required=("model_dir",))

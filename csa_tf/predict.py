@@ -47,4 +47,4 @@ def main(argv):
 
 if __name__ == "__main__":
   cli.run(main, define_flags, required=("model_dir", "modality", "input", "output"),
-          tensorflow=True, flag_names={"output_path": "output"})
+          flag_names={"output_path": "output"})

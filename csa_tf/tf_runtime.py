@@ -65,8 +65,10 @@ def without_notices(text: str) -> str:
 def import_tensorflow():
   """Imports TensorFlow and queries its GPUs, without the start-up notices; returns tf.
 
-  Call it before anything else imports TensorFlow (the commands do, through
-  `cli.run(..., tensorflow=True)`); a later call only returns the module.
+  Call it before anything else imports TensorFlow: the commands that need it at once do,
+  through `cli.run(..., tensorflow=True)`; train and the run folder's `networks()` call it
+  after their cheap checks, so that a bad flag or file fails fast. A later call only
+  returns the module.
   """
   global _started
   if _started or verbose():

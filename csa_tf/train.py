@@ -12,6 +12,7 @@ from absl import logging
 from csa_tf.configs import options
 from csa_tf.configs import train_config as config_lib
 from csa_tf import cli
+from csa_tf import tf_runtime
 from csa_tf.errors import CsaInputError
 from csa_tf.data import demo
 from csa_tf.data.prepared import PreparedDataset
@@ -71,6 +72,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     config, prepared, demo_data = config_from_flags(FLAGS.model_dir)
+    # Every flag is checked: only now load TensorFlow (quietly, csa_tf/tf_runtime.py).
+    tf_runtime.import_tensorflow()
     strategy = None
     if config.strategy != "default":
       # MultiWorkerMirroredStrategy must exist before any other TensorFlow operation;
@@ -92,5 +95,5 @@ def main(argv):
 
 if __name__ == "__main__":
   # The demo's phantom generator names its parameters scale and num_patients.
-  cli.run(main, define_flags, required=("model_dir",), tensorflow=True,
+  cli.run(main, define_flags, required=("model_dir",),
           flag_names={"scale": "phantom_scale", "num_patients": "phantom_patients"})

@@ -27,6 +27,7 @@ import os
 from typing import Dict, Optional
 
 from csa_tf.configs.train_config import TrainConfig
+from csa_tf import tf_runtime
 from csa_tf.errors import CsaInputError
 from csa_tf.io import atomic
 
@@ -199,6 +200,9 @@ class RunDir:
     if self._bundle is None:
       config = self.config
       checkpoint = self.latest_checkpoint()
+      # TensorFlow loads only now, after the cheap checks, so that they fail fast; and
+      # without its CPU start-up notices (csa_tf/tf_runtime.py).
+      tf_runtime.import_tensorflow()
       from csa_tf.model.bundle import ModelBundle  # pylint: disable=g-import-not-at-top
       bundle = ModelBundle(config)
       self.checkpoint_path = bundle.restore(checkpoint)
