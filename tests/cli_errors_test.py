@@ -39,6 +39,7 @@ def assert_one_error_line(result, expected):
   assert result.stderr.splitlines() == [expected], result.stderr[-3000:]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("module", COMMANDS)
 def test_unknown_flag_is_one_error_line(module):
   # absl itself would print "FATAL Flags parsing error: ..." and a hint, exit status 1.
@@ -46,6 +47,7 @@ def test_unknown_flag_is_one_error_line(module):
                         "error: Unknown command line flag 'no_such_flag'")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args,expected", [
     (["csa_tf.evaluate"], "error: --model_dir is required"),
     (["csa_tf.export", "--model_dir=RUN"], "error: --output_dir is required"),
@@ -59,6 +61,7 @@ def test_missing_required_flag_and_positional_argument(args, expected):
   assert_one_error_line(command(*args), expected)
 
 
+@pytest.mark.integration
 def test_help_still_works():
   result = command("csa_tf.evaluate", "--help")
   assert result.returncode == 1, result.stderr  # absl's own exit status after --help.
@@ -66,6 +69,7 @@ def test_help_still_works():
   assert "--model_dir: Run folder written by csa_tf.train." in result.stdout
 
 
+@pytest.mark.integration
 def test_bad_enum_value_is_one_error_line():
   result = command("experiments.reproduce", "--dataset=cityscapes")
   assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
@@ -73,6 +77,7 @@ def test_bad_enum_value_is_one_error_line():
                                   "one of <mscmr|mmwhs>")
 
 
+@pytest.mark.integration
 def test_traceback_on_request():
   result = command("data_prep.mscmr", "--raw_dir=RAW",
                    env=dict(os.environ, CSA_TF_TRACEBACK="1"))
@@ -168,13 +173,18 @@ def _quiet_env(**extra):
 
 
 # A 2-step demo training without these notices: tests/cli_test.py (its demo test).
+@pytest.mark.integration
 def test_error_after_the_quiet_import_still_shows(tmp_path):
-  bad = command("csa_tf.train", f"--data_dir={tmp_path / 'nowhere'}",
-                f"--model_dir={tmp_path / 'run'}", env=_quiet_env())
-  assert_one_error_line(bad, f"error: {tmp_path / 'nowhere'}: prepared data folder not "
-                             "found")
+  # csa_tf.export imports TensorFlow (quietly) first; the existing export is found after.
+  (tmp_path / "lge").mkdir()
+  legacy_run = os.path.join(ROOT, "tests", "fixtures", "legacy_v1", "run")
+  bad = command("csa_tf.export", f"--model_dir={legacy_run}",
+                f"--output_dir={tmp_path}", env=_quiet_env())
+  assert_one_error_line(bad, f"error: {tmp_path / 'lge'}: exists; pass --overwrite to "
+                             "replace it")
 
 
+@pytest.mark.integration
 def test_notices_on_request():
   script = "from csa_tf import tf_runtime; tf_runtime.import_tensorflow()"
   quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

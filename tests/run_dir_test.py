@@ -154,6 +154,7 @@ def test_legacy_prep_opens_and_fits_the_legacy_run():
   prep.check_fits(RunDir(LEGACY_RUN).load_config())
 
 
+@pytest.mark.integration
 def test_evaluate_on_the_legacy_run_and_prep(legacy_run, monkeypatch):
   from csa_tf.evaluation import evaluator  # pylint: disable=g-import-not-at-top
   # The run recorded its PREP relative to the repository root, where it was trained.
@@ -170,6 +171,7 @@ def test_evaluate_on_the_legacy_run_and_prep(legacy_run, monkeypatch):
   assert len(rows) == 2 * 3
 
 
+@pytest.mark.integration
 def test_predict_one_volume_with_the_legacy_run(tmp_path):
   from csa_tf.serving import predictor  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / "p1.nii.gz")
@@ -182,6 +184,7 @@ def test_predict_one_volume_with_the_legacy_run(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["p1.nii.gz"]
 
 
+@pytest.mark.integration
 def test_a_newer_config_format_is_refused_in_one_line(legacy_run):
   path = os.path.join(legacy_run, "config.json")
   values = json.load(open(path))
@@ -199,6 +202,7 @@ def test_a_newer_config_format_is_refused_in_one_line(legacy_run):
   assert not os.path.exists(RunDir(legacy_run).eval_dir)
 
 
+@pytest.mark.integration
 def test_a_newer_prep_format_is_refused_in_one_line(tmp_path):
   prep = tmp_path / "prep"
   shutil.copytree(LEGACY_PREP, prep)
