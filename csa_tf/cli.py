@@ -22,6 +22,13 @@ from absl import flags
 from csa_tf import errors
 
 EXIT_INPUT_ERROR = 2
+# Values of CSA_TF_TRACEBACK that ask for tracebacks; anything else (0, empty) does not.
+_TRUE_VALUES = ("1", "true", "yes", "on")
+
+
+def traceback_wanted() -> bool:
+  """Whether CSA_TF_TRACEBACK asks for a traceback instead of one error line."""
+  return os.environ.get("CSA_TF_TRACEBACK", "").strip().lower() in _TRUE_VALUES
 
 
 def report_and_exit(error: BaseException) -> None:
@@ -45,7 +52,7 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:
-    if os.environ.get("CSA_TF_TRACEBACK"):
+    if traceback_wanted():
       raise
     report_and_exit(error)
 
@@ -87,7 +94,7 @@ def run_main(main: Callable, *, required: Sequence[str] = (), tensorflow: bool =
           tf_runtime.import_tensorflow()
         return main(argv)
     except (errors.CsaInputError, errors.NonFiniteLossError) as error:
-      if os.environ.get("CSA_TF_TRACEBACK"):
+      if traceback_wanted():
         raise
       report_and_exit(error)
   return wrapped

@@ -166,6 +166,9 @@ def reproduce(dataset: str, data_dir: str, output_dir: str, *, methods: List[str
   from csa_tf.data.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
   spec = datasets.get_spec(dataset)
   PreparedDataset.open(data_dir, dataset=dataset)
+  if not methods:
+    raise CsaInputError("--methods is empty; name one or more of "
+                        f"{', '.join(config_lib.METHOD_ORDER)}")
   for method in methods:
     if method not in config_lib.METHODS:
       raise CsaInputError(f"--methods: unknown method {method!r}; expected some of "

@@ -55,6 +55,9 @@ REDUCTIONS = ("mean_then_square", "square_then_mean")
 # g4 (H/8, 8F); g5/g6 (16F) and g7/g8 (32F) are at H/8. g9/g10 are left out as "too
 # closely related to the ground truth mask".
 DEFAULT_CSA_PAIRS = (("g3", "g4"), ("g5", "g6"), ("g7", "g8"))
+# The network's feature taps, one per group (csa_tf/model/csa_net.py; REFERENCE.md s. 1):
+# g1..g9 are group outputs before any max-pool, g10 follows depth_to_space.
+FEATURE_TAPS = ("g1", "g2", "g3", "g4", "g5", "g6", "g7", "g8", "g9", "g10")
 # tf.distribute strategies (csa_tf/training/distribution.py).
 STRATEGIES = ("default", "mirrored", "multi_worker")
 # Mixed-precision mode -> Keras dtype policy of the networks (csa_tf/model/bundle.py):
@@ -245,6 +248,13 @@ class TrainConfig:
                         "jit_compile", "strategy", value=self.strategy)
     if self.method_spec.extra_loss in ("csa", "affinity") and not self.csa_pairs:
       raise ConfigError("{csa_pairs}: at least one layer pair is needed", "csa_pairs")
+    for pair in self.csa_pairs:
+      for tap in pair:
+        if tap not in FEATURE_TAPS:
+          raise ConfigError("{csa_pairs}: {pair} names {tap}, which is not one of the "
+                            "network's taps ({taps})", "csa_pairs",
+                            pair=":".join(pair), tap=repr(tap),
+                            taps=", ".join(FEATURE_TAPS))
     return self
 
   def to_json(self) -> dict:

@@ -11,11 +11,13 @@ def find_files(raw_dir: str, pattern: "re.Pattern") -> Dict[Tuple[str, ...], str
 
   Raises:
     CsaInputError: raw_dir is missing, or two files match with the same groups (e.g.
-      the same patient's label in two folders), which would make pairing ambiguous.
+      the same patient's label in two folders, or `patient02` beside `patient2`: number
+      groups are compared as numbers), which would make pairing ambiguous.
   """
   if not os.path.isdir(raw_dir):
     raise CsaInputError(f"{raw_dir}: raw data folder not found")
   found: Dict[Tuple[str, ...], str] = {}
+  seen: Dict[Tuple[str, ...], str] = {}
   for root, dirs, files in os.walk(raw_dir):
     dirs.sort()
     for name in sorted(files):
@@ -24,9 +26,12 @@ def find_files(raw_dir: str, pattern: "re.Pattern") -> Dict[Tuple[str, ...], str
         continue
       key = match.groups()
       path = os.path.join(root, name)
-      if key in found:
-        raise CsaInputError(f"{path}: duplicate of {found[key]}; keep one copy under "
+      # Readers key patients by number, so zero padding must not hide a duplicate.
+      same = tuple(str(int(g)) if g and g.isdigit() else g for g in key)
+      if same in seen:
+        raise CsaInputError(f"{path}: duplicate of {seen[same]}; keep one copy under "
                             f"{raw_dir}")
+      seen[same] = path
       found[key] = path
   return found
 

@@ -56,6 +56,9 @@ def read_volume(path: str, *, kind: str = "image") -> Volume:
     raise CsaInputError(f"{path}: is a folder, expected a NIfTI file")
   if not os.path.isfile(path):
     raise CsaInputError(f"{path}: file not found")
+  if not os.access(path, os.R_OK):
+    # nibabel would report an unreadable file as one of unknown type.
+    raise CsaInputError(f"{path}: permission denied (the file cannot be read)")
   try:
     img = nib.load(path)
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -65,6 +68,8 @@ def read_volume(path: str, *, kind: str = "image") -> Volume:
     raw = np.asanyarray(img.dataobj, dtype=np.float32 if kind == "image" else None)
   except CsaInputError:
     raise
+  except PermissionError:
+    raise CsaInputError(f"{path}: permission denied (the file cannot be read)") from None
   except (EOFError, zlib.error, gzip.BadGzipFile,
           nib.filebasedimages.ImageFileError) as error:
     detail = _detail(error, path)

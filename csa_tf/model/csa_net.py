@@ -8,6 +8,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
+from csa_tf.configs import train_config
 from csa_tf.configs.downsampling import DOWNSAMPLE
 from csa_tf.configs.downsampling import size_problem
 from csa_tf.model.modality_batch_norm import ModalityBatchNorm
@@ -66,7 +67,7 @@ class CsaNet(keras.Model):
   """
 
   # Feature taps: g1..g9 are group outputs before any max-pool; g10 follows depth_to_space.
-  FEATURE_NAMES = ("g1", "g2", "g3", "g4", "g5", "g6", "g7", "g8", "g9", "g10")
+  FEATURE_NAMES = train_config.FEATURE_TAPS
 
   def __init__(self, num_classes: int, modalities: Sequence[str], *,
                feature_base: int = 16, in_channels: int = 1,

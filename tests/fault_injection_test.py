@@ -1,0 +1,102 @@
+"""Hostile-user cases (issue 12): each is refused in one line, and nothing is lost.
+
+One test per case, reproduced as the report describes it. Cases that need a trained run
+or a subprocess are marked integration.
+"""
+import os
+
+import pytest
+
+from csa_tf import cli
+from csa_tf.configs import train_config as config_lib
+from csa_tf.configs.options import ConfigError
+from csa_tf.data import discovery
+from csa_tf.data.mscmr import prepare_mscmr
+from csa_tf.errors import CsaInputError
+from csa_tf.io import nifti
+from tests.helpers import TINY_TRAIN_FLAGS, make_config, make_mscmr_release, run_command
+
+
+def test_csa_pair_naming_no_tap_is_a_config_error(tmp_path):
+  with pytest.raises(ConfigError, match=r"csa_pairs: g3:g99 names 'g99', which is not "
+                     r"one of the network's taps \(g1, g2, .*, g10\)"):
+    make_config(tmp_path, csa_pairs=(("g3", "g99"),))
+  # Every tap of the network is accepted.
+  config = make_config(tmp_path, csa_pairs=tuple(
+      (tap, tap) for tap in config_lib.FEATURE_TAPS))
+  assert len(config.csa_pairs) == 10
+
+
+@pytest.mark.integration
+def test_unknown_csa_pair_creates_no_model_dir(tiny_prep, tmp_path):
+  run_dir = tmp_path / "run"
+  result = run_command("csa_tf.train", f"--data_dir={tiny_prep.prep_dir}", f"--model_dir={run_dir}",
+                       "--csa_pairs=g3:g99", *TINY_TRAIN_FLAGS, expect=2)
+  assert result.stderr.splitlines() == [
+      "error: --csa_pairs: g3:g99 names 'g99', which is not one of the network's taps "
+      "(g1, g2, g3, g4, g5, g6, g7, g8, g9, g10)"]
+  assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("value,wanted", [("1", True), ("true", True), ("YES", True),
+                                          ("0", False), ("", False), ("false", False),
+                                          ("no", False)])
+def test_traceback_switch_reads_its_value(monkeypatch, value, wanted):
+  # CSA_TF_TRACEBACK=0 used to turn tracebacks on (any value did).
+  monkeypatch.setenv("CSA_TF_TRACEBACK", value)
+  assert cli.traceback_wanted() is wanted
+
+
+def test_traceback_switch_unset_means_one_line(monkeypatch):
+  monkeypatch.delenv("CSA_TF_TRACEBACK", raising=False)
+  assert cli.traceback_wanted() is False
+
+
+def test_zero_padded_duplicate_patient_is_refused_naming_both(tmp_path):
+  raw = tmp_path / "raw"
+  make_mscmr_release(raw, num_patients=2, modalities=("LGE",))
+  first = raw / "images" / "patient2_LGE.nii.gz"
+  second = raw / "images" / "patient02_LGE.nii.gz"
+  second.write_bytes(first.read_bytes())
+  # The second name sorts first in the folder walk, so it is the one named as the copy.
+  with pytest.raises(CsaInputError) as error:
+    prepare_mscmr(str(raw), str(tmp_path / "prep"), modalities=("lge",), crop_size=32)
+  assert str(error.value) == (f"{first}: duplicate of {second}; keep one copy under "
+                              f"{raw}")
+  assert not (tmp_path / "prep").exists()
+
+
+def test_number_groups_compare_as_numbers_only_for_digits(tmp_path):
+  import re  # pylint: disable=g-import-not-at-top
+  for name in ("a_7.txt", "b_7.txt", "a_07.txt"):
+    (tmp_path / name).write_text("")
+  pattern = re.compile(r"([ab])_(\d+)\.txt")
+  with pytest.raises(CsaInputError, match=r"a_7\.txt: duplicate of .*a_07\.txt"):
+    discovery.find_files(str(tmp_path), pattern)
+  os.remove(tmp_path / "a_07.txt")
+  assert sorted(discovery.find_files(str(tmp_path), pattern)) == [("a", "7"), ("b", "7")]
+
+
+def test_unreadable_file_is_permission_denied_not_a_format_error(tmp_path, monkeypatch):
+  path = make_mscmr_release(tmp_path / "raw", num_patients=1, modalities=("LGE",))
+  image = os.path.join(path, "images", "patient1_LGE.nii.gz")
+  # The suite may run as root, for whom chmod 000 still reads: the test denies access
+  # the way the operating system would report it to anyone else.
+  real_access = os.access
+  monkeypatch.setattr(os, "access", lambda p, mode: (
+      False if os.fspath(p) == image else real_access(p, mode)))
+  with pytest.raises(CsaInputError) as error:
+    nifti.read_volume(image, kind="image")
+  assert str(error.value) == f"{image}: permission denied (the file cannot be read)"
+
+
+@pytest.mark.integration
+def test_reproduce_with_no_methods_is_one_line_and_writes_nothing(tiny_prep, tmp_path):
+  out = tmp_path / "out"
+  result = run_command("experiments.reproduce", "--dataset=mscmr",
+                       f"--data_dir={tiny_prep.prep_dir}", f"--output_dir={out}", "--methods=",
+                       expect=2)
+  assert result.stderr.splitlines() == [
+      "error: --methods is empty; name one or more of single, ummkd, joint, msbn, "
+      "affinity, csa"]
+  assert not out.exists()
