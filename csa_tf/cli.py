@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 
 from csa_tf import errors
+from csa_tf import interrupts
 
 EXIT_INPUT_ERROR = 2
 # Values of CSA_TF_TRACEBACK that ask for tracebacks; anything else (0, empty) does not.
@@ -70,6 +71,13 @@ def check_arguments(argv: Sequence[str], required: Sequence[str] = ()) -> None:
       raise errors.CsaInputError(f"--{name} is required")
 
 
+def report_interrupted(interrupted: errors.Interrupted) -> None:
+  """Prints the interruption's one line on stderr and exits with 128 + its signal."""
+  sys.stderr.write(" ".join(str(interrupted).split()) + "\n")
+  sys.stderr.flush()
+  raise SystemExit(128 + interrupted.signum)
+
+
 def run_main(main: Callable, *, required: Sequence[str] = (), tensorflow: bool = False,
              flag_names: Optional[Mapping[str, str]] = None) -> Callable:
   """Returns a wrapper of absl `main(argv)` that turns user errors into one line.
@@ -82,12 +90,13 @@ def run_main(main: Callable, *, required: Sequence[str] = (), tensorflow: bool =
     flag_names: library parameter name -> this command's flag name, where they differ.
 
   Returns:
-    main(argv) wrapped: the arguments checked, errors.param spelling flags, and a
-    CsaInputError or NonFiniteLossError reported as one line with exit status 2.
+    main(argv) wrapped: the arguments checked, errors.param spelling flags, a
+    CsaInputError or NonFiniteLossError reported as one line with exit status 2, and
+    errors.Interrupted as its line with exit status 128 + signal.
   """
   def wrapped(argv):
     try:
-      with errors.parameters_as_flags(flag_names):
+      with errors.parameters_as_flags(flag_names), interrupts.raise_on_signals():
         check_arguments(argv, required)
         if tensorflow:
           from csa_tf import tf_runtime  # pylint: disable=g-import-not-at-top
@@ -97,6 +106,8 @@ def run_main(main: Callable, *, required: Sequence[str] = (), tensorflow: bool =
       if traceback_wanted():
         raise
       report_and_exit(error)
+    except errors.Interrupted as interrupted:
+      report_interrupted(interrupted)
   return wrapped
 
 

@@ -26,6 +26,19 @@ class NonFiniteLossError(RuntimeError):
   """A loss term became NaN or Inf during training; the message names step and term."""
 
 
+class Interrupted(Exception):
+  """A run stopped on SIGINT or SIGTERM after leaving its work in a resumable state.
+
+  Attributes:
+    signum: the signal that stopped it; a command exits with 128 + signum (130 for
+      Ctrl-C, 143 for SIGTERM), as a shell reports a process the signal killed.
+  """
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+
+
 _NO_VALUE = object()
 # None: parameters read as library arguments; a mapping: as the running command's flags
 # (parameter name -> flag name where they differ).

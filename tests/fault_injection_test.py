@@ -4,17 +4,22 @@ One test per case, reproduced as the report describes it. Cases that need a trai
 or a subprocess are marked integration.
 """
 import os
+import re
+import signal
 
 import pytest
 
 from csa_tf import cli
+from csa_tf import interrupts
 from csa_tf.configs import train_config as config_lib
 from csa_tf.configs.options import ConfigError
 from csa_tf.data import discovery
 from csa_tf.data.mscmr import prepare_mscmr
-from csa_tf.errors import CsaInputError
+from csa_tf.errors import CsaInputError, Interrupted
+from csa_tf.io import atomic
 from csa_tf.io import nifti
 from tests.helpers import TINY_TRAIN_FLAGS, make_config, make_mscmr_release, run_command
+from tests.helpers import start_command
 
 
 def test_csa_pair_naming_no_tap_is_a_config_error(tmp_path):
@@ -100,3 +105,86 @@ def test_reproduce_with_no_methods_is_one_line_and_writes_nothing(tiny_prep, tmp
       "error: --methods is empty; name one or more of single, ummkd, joint, msbn, "
       "affinity, csa"]
   assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------
+# SIGINT / SIGTERM.
+# ---------------------------------------------------------------------------------------
+def _interrupting_log(signum, at_step):
+  """A progress log that sends this process `signum` once step `at_step` is logged."""
+  lines = []
+  def log(line):
+    lines.append(line)
+    if line.startswith(f"step {at_step}/"):
+      os.kill(os.getpid(), signum)
+  return log, lines
+
+
+@pytest.mark.integration
+def test_sigint_finishes_the_step_checkpoints_it_and_the_same_call_resumes(tiny_prep,
+                                                                           tmp_path):
+  from csa_tf.io.run_dir import RunDir  # pylint: disable=g-import-not-at-top
+  from csa_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  config = make_config(tmp_path / "run", method="msbn", modalities=("lge", "bssfp"),
+                       train_steps=6, log_every=1, checkpoint_every=100)
+  log, lines = _interrupting_log(signal.SIGINT, at_step=3)
+  previous = signal.getsignal(signal.SIGINT)
+  with pytest.raises(Interrupted) as stopped:
+    Trainer(config, tiny_prep, log=log).train()
+  assert stopped.value.signum == signal.SIGINT
+  run = RunDir(config.model_dir)
+  checkpoint = run.latest_checkpoint()
+  assert os.path.basename(checkpoint) == "ckpt-3"
+  assert str(stopped.value) == (f"interrupted by SIGINT (Ctrl-C) at step 3; checkpoint "
+                                f"{checkpoint}; run the same command again to resume")
+  assert not any(line.startswith("step 4/") for line in lines)
+  assert signal.getsignal(signal.SIGINT) is previous  # handlers restored
+  assert not os.path.exists(run.final_losses_path)
+
+  resumed = []
+  terms = Trainer(config, tiny_prep, log=resumed.append).train()
+  assert f"resumed from {checkpoint} at step 3" in resumed
+  assert os.path.basename(run.latest_checkpoint()) == "ckpt-6" and terms
+
+
+def test_signal_during_staged_write_removes_the_staging(tmp_path):
+  destination = tmp_path / "out"
+  with pytest.raises(Interrupted) as stopped:
+    with interrupts.raise_on_signals():
+      with atomic.StagedFolder(str(destination)) as staging:
+        with open(os.path.join(staging.path, "part.txt"), "w") as f:
+          f.write("half")
+        os.kill(os.getpid(), signal.SIGTERM)
+  assert stopped.value.signum == signal.SIGTERM
+  assert str(stopped.value) == ("interrupted by SIGTERM; stopped without leaving partial "
+                                "output")
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_second_signal_stops_at_once(tmp_path):
+  with pytest.raises(Interrupted, match=r"interrupted twice \(SIGINT \(Ctrl-C\)\)"):
+    with interrupts.StopRequest() as stop:
+      os.kill(os.getpid(), signal.SIGTERM)
+      assert stop.signum == signal.SIGTERM
+      os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.integration
+def test_sigterm_to_train_exits_143_with_one_line(tiny_prep, tmp_path):
+  run_dir = tmp_path / "run"
+  process = start_command("csa_tf.train", f"--data_dir={tiny_prep.prep_dir}",
+                          f"--model_dir={run_dir}", "--method=msbn",
+                          "--feature_base=2", "--batch_size=2", "--train_steps=400",
+                          "--log_every=1", "--bn_recalibration_batches=1")
+  first = ""
+  while not first.startswith("step 2/"):
+    first = process.stdout.readline()
+    assert first or process.poll() is None, process.stderr.read()[-3000:]
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 143, stderr[-3000:]
+  line, = stderr.splitlines()
+  match = re.fullmatch(r"interrupted by SIGTERM at step (\d+); checkpoint (\S+); run the "
+                       r"same command again to resume", line)
+  assert match and 2 <= int(match.group(1)) < 400, line
+  assert os.path.isfile(match.group(2) + ".index")

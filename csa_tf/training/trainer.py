@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from csa_tf import interrupts
 from csa_tf.training import bn_recalibration
 from csa_tf.configs import train_config as config_lib
 from csa_tf.data import pipeline as data
@@ -26,7 +27,7 @@ from csa_tf.training import distribution
 from csa_tf.training import objective
 from csa_tf.io import run_record
 from csa_tf.training import summary_images
-from csa_tf.errors import CsaInputError, NonFiniteLossError, param
+from csa_tf.errors import CsaInputError, Interrupted, NonFiniteLossError, param
 from csa_tf.io.run_dir import RunDir
 from csa_tf.model.bundle import ModelBundle
 from csa_tf.data.prepared import PreparedDataset
@@ -253,6 +254,8 @@ class Trainer:
 
     Raises:
       NonFiniteLossError: a loss term became NaN/Inf; the last good checkpoint is kept.
+      Interrupted: SIGINT or SIGTERM arrived; the step under way was finished and
+        checkpointed, and the same call resumes from it.
     """
     config = self.config
     check_model_dir(config.model_dir, config)
@@ -268,8 +271,6 @@ class Trainer:
     else:
       writer = tf.summary.create_noop_writer()
     schedule = learning_rate_schedule(config)
-    last: Dict[str, float] = {}
-    window_start, window_steps = time.perf_counter(), 0
     run_start = time.perf_counter()
     placement = ""
     if self.distributed:
@@ -284,6 +285,29 @@ class Trainer:
       local_stream = batches_stream
       batches_stream = distribution.distribute_global_batches(
           self.strategy, lambda: local_stream, global_batch_size=config.batch_size)
+    # A first Ctrl-C or SIGTERM lets the step under way finish and be checkpointed.
+    with interrupts.StopRequest() as stop:
+      last = self._loop(batches_stream, start, writer, schedule, stop)
+      path = self.save()
+      writer.close()
+    if stop.requested and int(self.step.numpy()) < config.train_steps:
+      raise Interrupted(
+          f"interrupted by {interrupts.signal_name(stop.signum)} at step "
+          f"{int(self.step.numpy())}; checkpoint {path}; run the same command again to "
+          "resume", stop.signum)
+    self.log(f"finished step {int(self.step.numpy())} in "
+             f"{format_duration(time.perf_counter() - run_start)}; checkpoint {path}")
+    RunDir(self.output_dir).write_final_losses(dict(step=int(self.step.numpy()), **last))
+    if not self.chief:
+      shutil.rmtree(self.output_dir, ignore_errors=True)
+    return last
+
+  def _loop(self, batches_stream, start: int, writer, schedule,
+            stop: interrupts.StopRequest) -> Dict[str, float]:
+    """Steps through batches_stream (see `train`); returns the last loss terms."""
+    config = self.config
+    last: Dict[str, float] = {}
+    window_start, window_steps = time.perf_counter(), 0
     for batches in batches_stream:
       terms = self._train_step(batches)
       images = terms.pop(IMAGES_KEY, None)
@@ -312,15 +336,10 @@ class Trainer:
         with writer.as_default(step=step):
           summary_images.write_image_summaries(images, config)
         writer.flush()
+      if stop.requested:
+        break
       if step % config.checkpoint_every == 0 and step < config.train_steps:
         self.save()
-    path = self.save()
-    writer.close()
-    self.log(f"finished step {int(self.step.numpy())} in "
-             f"{format_duration(time.perf_counter() - run_start)}; checkpoint {path}")
-    RunDir(self.output_dir).write_final_losses(dict(step=int(self.step.numpy()), **last))
-    if not self.chief:
-      shutil.rmtree(self.output_dir, ignore_errors=True)
     return last
 
 
