@@ -101,3 +101,168 @@ def test_mscmr_slice_axis_ornt_keeps_slices():
   standard = geometry.to_standard(volume)
   for k in range(3):
     np.testing.assert_array_equal(standard[k], volume[:, :, k])
+
+
+# ------------------------------------------------------------------- crop box, by hand
+# Labels [2, 20, 24] (slices, rows, cols); each axis of the box starts at
+# (low + high + 1) // 2 - crop // 2 for the foreground's bounding box rows/cols
+# [low, high] over all slices, then is kept inside the image (REFERENCE.md section 5).
+
+
+def _labels(rows, cols, shape=(2, 20, 24)):
+  """Foreground rows[0]..rows[1] x cols[0]..cols[1] (inclusive), split over two slices.
+
+  Slice 0 holds the top-left part of the box, slice 1 the bottom-right part, so the
+  box is only the union over slices.
+  """
+  labels = np.zeros(shape, np.uint8)
+  (r0, r1), (c0, c1) = rows, cols
+  labels[0, r0:(r0 + r1) // 2 + 1, c0:(c0 + c1) // 2 + 1] = 1
+  labels[-1, (r0 + r1) // 2:r1 + 1, (c0 + c1) // 2:c1 + 1] = 2
+  return labels
+
+
+@pytest.mark.parametrize("rows, cols, crop, origin", [
+    # Even crop, even foreground: rows 5..8 -> (14)//2 - 4 = 3, box 3..10 (2 rows free on
+    # each side); cols 10..15 -> (26)//2 - 4 = 9, box 9..16 (1 col each side).
+    ((5, 8), (10, 15), 8, (3, 9)),
+    # Odd crop, odd foreground: rows 5..9 -> (15)//2 - 4 = 3, box 3..11 (2 and 2);
+    # cols 11..17 -> (29)//2 - 4 = 10, box 10..18 (1 and 1).
+    ((5, 9), (11, 17), 9, (3, 10)),
+    # Odd crop, even foreground: rows 5..8 -> 7 - 4 = 3, box 3..11 (2 above, 3 below);
+    # cols 12..15 -> (28)//2 - 4 = 10, box 10..18 (2 left, 3 right).
+    ((5, 8), (12, 15), 9, (3, 10)),
+    # Even crop, odd foreground: rows 4..6 -> (11)//2 - 4 = 1, box 1..8 (3 above, 2
+    # below); cols 14..18 -> (33)//2 - 4 = 12, box 12..19 (2 left, 1 right).
+    ((4, 6), (14, 18), 8, (1, 12)),
+])
+def test_crop_box_is_centred_on_the_foreground(rows, cols, crop, origin):
+  labels = _labels(rows, cols)
+  got, fits = slicing.enclosing_crop_origin(labels, crop)
+  assert got == origin and fits
+  # The free margins above/below (left/right) differ by at most one pixel.
+  for (low, high), start in zip((rows, cols), origin):
+    before, after = low - start, start + crop - 1 - high
+    assert before >= 0 and after >= 0 and abs(before - after) <= 1
+  assert slicing.crop_slices(labels, got, crop).sum() == labels.sum()
+
+
+@pytest.mark.parametrize("rows, cols, crop, origin", [
+    # rows 2..15 (14 > 8): (18)//2 - 4 = 5, box 5..12 cuts rows 2..4 and 13..15 (3, 3);
+    # cols 3..20 (18): (24)//2 - 4 = 8, box 8..15 cuts cols 3..7 and 16..20 (5, 5).
+    ((2, 15), (3, 20), 8, (5, 8)),
+    # rows 2..14 (13): (17)//2 - 4 = 4, box 4..11 cuts 2 above, 3 below;
+    # cols 3..19 (17): (23)//2 - 4 = 7, box 7..14 cuts 4 left, 5 right.
+    ((2, 14), (3, 19), 8, (4, 7)),
+    # Odd crop: rows 2..15: 9 - 3 = 6, box 6..12 cuts 4 above, 3 below;
+    # cols 3..20: 12 - 3 = 9, box 9..15 cuts 6 left, 5 right.
+    ((2, 15), (3, 20), 7, (6, 9)),
+    # Wider in the columns only: rows 5..8 fit (14//2 - 4 = 3); cols 0..23 (the whole
+    # width, 24 > 8): (24)//2 - 4 = 8, box 8..15 cuts 8 left and 8 right.
+    ((5, 8), (0, 23), 8, (3, 8)),
+])
+def test_too_wide_foreground_is_cut_symmetrically(rows, cols, crop, origin):
+  labels = _labels(rows, cols)
+  got, fits = slicing.enclosing_crop_origin(labels, crop)
+  assert got == origin and not fits
+  for (low, high), start in zip((rows, cols), origin):
+    if high - low + 1 > crop:
+      cut_before, cut_after = start - low, high - (start + crop - 1)
+      assert cut_before > 0 and cut_after > 0 and abs(cut_before - cut_after) <= 1
+
+
+@pytest.mark.parametrize("rows, cols, origin", [
+    # Top: rows 0..1 -> (2)//2 - 4 = -3, clamped to 0; cols 10..12 -> 11 - 4 = 7.
+    ((0, 1), (10, 12), (0, 7)),
+    # Bottom: rows 18..19 -> (38)//2 - 4 = 15, clamped to 20 - 8 = 12.
+    ((18, 19), (10, 12), (12, 7)),
+    # Left: rows 9..10 -> 10 - 4 = 6; cols 0..2 -> (3)//2 - 4 = -3, clamped to 0.
+    ((9, 10), (0, 2), (6, 0)),
+    # Right: cols 21..23 -> (45)//2 - 4 = 18, clamped to 24 - 8 = 16.
+    ((9, 10), (21, 23), (6, 16)),
+])
+def test_crop_box_is_clamped_at_each_border(rows, cols, origin):
+  labels = _labels(rows, cols)
+  got, fits = slicing.enclosing_crop_origin(labels, 8)
+  assert got == origin and fits
+  cropped = slicing.crop_slices(labels, got, 8)
+  # Inside the image: no padding needed, and every foreground voxel kept.
+  assert cropped.sum() == labels.sum()
+  np.testing.assert_array_equal(cropped, labels[:, got[0]:got[0] + 8, got[1]:got[1] + 8])
+
+
+def test_image_smaller_than_crop_is_padded_around_its_centre():
+  # [1, 10, 13] in a 16 box: rows -(6 // 2) = -3 (3 padded above, 3 below),
+  # cols -(3 // 2) = -1 (1 left, 2 right); where the image is, the foreground is ignored.
+  labels = np.zeros((1, 10, 13), np.uint8)
+  labels[0, 0, 0] = 1
+  origin, fits = slicing.enclosing_crop_origin(labels, 16)
+  assert origin == (-3, -1) and fits
+  image = np.arange(130, dtype=np.float32).reshape(1, 10, 13) + 1
+  cropped = slicing.crop_slices(image, origin, 16, pad_value=-7.0)
+  expected = np.full((1, 16, 16), -7.0, np.float32)
+  expected[0, 3:13, 1:14] = image[0]
+  np.testing.assert_array_equal(cropped, expected)
+  geometry = slicing.VolumeGeometry((1, 10, 13), slicing.slice_axis_ornt(0), origin, 16)
+  np.testing.assert_array_equal(geometry.crop(image, pad_value=-7.0), expected)
+  # Small in one axis only: [1, 20, 6], crop 8, foreground rows 10..11:
+  # rows (22)//2 - 4 = 7 (inside), cols -(2 // 2) = -1 (padded 1 left, 1 right).
+  labels = _labels((10, 11), (2, 3), shape=(1, 20, 6))
+  assert slicing.enclosing_crop_origin(labels, 8) == ((7, -1), True)
+
+
+# ---------------------------------------------------------------------- the way back
+
+
+@pytest.mark.parametrize("ornt_of, shape, origin, crop, inside, voxel, pixel", [
+    # slice_axis_ornt(2): standard[k, r, c] = volume[r, c, k] (MS-CMRSeg), shape (5, 7, 9).
+    # Box rows 1..6, cols 2..7 -> original rows 1..6, cols 2..7, every slice.
+    (lambda: slicing.slice_axis_ornt(2), (7, 9, 5), (1, 2), 6,
+     np.s_[1:7, 2:8, :], (4, 6, 3), (3, 3, 4)),
+    # slice_axis_ornt(0): standard[k, r, c] = volume[k, r, c]; box rows -1..4 (padded
+    # above), cols 3..8 -> original rows 0..4, cols 3..8.
+    (lambda: slicing.slice_axis_ornt(0), (4, 6, 10), (-1, 3), 6,
+     np.s_[:, 0:5, 3:9], (2, 0, 8), (2, 1, 5)),
+    # LAS affine diag(-1, 1, 1) to (A, I, L): slice = axis 1, row = flipped axis 2 (S ->
+    # I), col = axis 0 (already L): standard[s, r, c] = volume[c, s, 7 - r], shape
+    # (7, 8, 6). Box rows 2..5 -> z = 7 - r in 2..5; cols 1..4 -> x 1..4.
+    # Voxel (2, 3, 4): s = 3, r = 7 - 4 = 3, c = 2 -> pixel (3, 3 - 2, 2 - 1) = (3, 1, 1).
+    (lambda: slicing.header_ornt(np.diag([-1.0, 1.0, 1.0, 1.0])), (6, 7, 8), (2, 1), 4,
+     np.s_[1:5, :, 2:6], (2, 3, 4), (3, 1, 1)),
+    # RAS identity affine: col = flipped axis 0 (R -> L) too:
+    # standard[s, r, c] = volume[5 - c, s, 7 - r]. Box rows 0..5 -> z 2..7; cols 2..7
+    # (past the width 6: padded) -> c 2..5 -> x 0..3. Voxel (1, 6, 5): s = 6, r = 2,
+    # c = 4 -> pixel (6, 2 - 0, 4 - 2) = (6, 2, 2).
+    (lambda: slicing.header_ornt(np.eye(4)), (6, 7, 8), (0, 2), 6,
+     np.s_[0:4, :, 2:8], (1, 6, 5), (6, 2, 2)),
+])
+def test_paste_back_inverts_the_crop_and_places_voxels_exactly(
+    ornt_of, shape, origin, crop, inside, voxel, pixel):
+  geometry = slicing.VolumeGeometry(shape, ornt_of(), origin, crop)
+  volume = np.arange(1, np.prod(shape) + 1).reshape(shape)
+  back = geometry.from_slices(geometry.to_slices(volume), fill_value=-1)
+  expected = np.full(shape, -1)
+  expected[inside] = volume[inside]
+  np.testing.assert_array_equal(back, expected)
+  # One marked voxel lands at the hand-derived slice pixel, and back again.
+  marked = np.zeros(shape, np.int32)
+  marked[voxel] = 9
+  slices = geometry.to_slices(marked)
+  assert slices[pixel] == 9 and slices.sum() == 9
+  pasted = geometry.from_slices(slices)
+  assert pasted[voxel] == 9 and pasted.sum() == 9
+
+
+def test_zscore_is_per_slice_with_hand_derived_values():
+  slices = np.array([
+      [[1, 3], [1, 3]],      # mean 2, std 1       -> [[-1, 1], [-1, 1]]
+      [[10, 10], [30, 30]],  # mean 20, std 10     -> [[-1, -1], [1, 1]]
+      [[0, 0], [0, 4]],      # mean 1, std sqrt(3) -> -1/sqrt(3) x3, 3/sqrt(3) = sqrt(3)
+      [[5, 5], [5, 5]],      # constant            -> zeros
+  ], np.float32)
+  z = slicing.zscore_slices(slices)
+  third = 1 / np.sqrt(3)
+  expected = np.array([[[-1, 1], [-1, 1]], [[-1, -1], [1, 1]],
+                       [[-third, -third], [-third, np.sqrt(3)]], [[0, 0], [0, 0]]])
+  np.testing.assert_allclose(z, expected, rtol=1e-6, atol=1e-7)
+  # A volume-wide z-score (one mean 112 / 16 = 7 and one std) gives none of these.
