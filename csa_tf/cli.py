@@ -12,6 +12,7 @@ positional argument, a `CsaInputError` raised anywhere below `main` and a non-fi
 loss. While `main` runs, error messages name the library's parameters as this
 command's flags (`errors.param`). `--help` and `--helpfull` work as usual.
 """
+import errno
 import os
 import sys
 from typing import Callable, Mapping, Optional, Sequence
@@ -25,6 +26,16 @@ from csa_tf import interrupts
 EXIT_INPUT_ERROR = 2
 # Values of CSA_TF_TRACEBACK that ask for tracebacks; anything else (0, empty) does not.
 _TRUE_VALUES = ("1", "true", "yes", "on")
+
+
+# What a user fixes outside csa_tf: a full disk, a read-only or forbidden folder.
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def environment_error_line(error: OSError) -> str:
+  """"PATH: No space left on device": an OSError of the disk or permissions, in words."""
+  where = error.filename or "a file"
+  return f"{where}: {error.strerror or os.strerror(error.errno)}"
 
 
 def traceback_wanted() -> bool:
@@ -91,8 +102,9 @@ def run_main(main: Callable, *, required: Sequence[str] = (), tensorflow: bool =
 
   Returns:
     main(argv) wrapped: the arguments checked, errors.param spelling flags, a
-    CsaInputError or NonFiniteLossError reported as one line with exit status 2, and
-    errors.Interrupted as its line with exit status 128 + signal.
+    CsaInputError, NonFiniteLossError or an OSError of a full disk or a forbidden or
+    read-only path reported as one line with exit status 2, and errors.Interrupted as
+    its line with exit status 128 + signal.
   """
   def wrapped(argv):
     try:
@@ -108,6 +120,10 @@ def run_main(main: Callable, *, required: Sequence[str] = (), tensorflow: bool =
       report_and_exit(error)
     except errors.Interrupted as interrupted:
       report_interrupted(interrupted)
+    except OSError as error:
+      if traceback_wanted() or error.errno not in _ENVIRONMENT_ERRNOS:
+        raise
+      report_and_exit(errors.CsaInputError(environment_error_line(error)))
   return wrapped
 
 

@@ -3,6 +3,7 @@
 One test per case, reproduced as the report describes it. Cases that need a trained run
 or a subprocess are marked integration.
 """
+import errno
 import os
 import re
 import signal
@@ -188,3 +189,53 @@ def test_sigterm_to_train_exits_143_with_one_line(tiny_prep, tmp_path):
                        r"same command again to resume", line)
   assert match and 2 <= int(match.group(1)) < 400, line
   assert os.path.isfile(match.group(2) + ".index")
+
+
+# ---------------------------------------------------------------------------------------
+# Full disk, read-only folders.
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("code,words", [(errno.ENOSPC, "No space left on device"),
+                                        (errno.EROFS, "Read-only file system"),
+                                        (errno.EACCES, "Permission denied")])
+def test_disk_and_permission_errors_are_one_line(capsys, code, words):
+  def main(argv):
+    del argv
+    raise OSError(code, os.strerror(code), "/data/run/eval/summary.json")
+  with pytest.raises(SystemExit) as exited:
+    cli.run_main(main)(["prog"])
+  assert exited.value.code == 2
+  assert capsys.readouterr().err == f"error: /data/run/eval/summary.json: {words}\n"
+
+
+def test_other_os_errors_keep_their_traceback():
+  def main(argv):
+    del argv
+    raise OSError(errno.EIO, "Input/output error", "/dev/sdz")
+  with pytest.raises(OSError, match="Input/output error"):
+    cli.run_main(main)(["prog"])
+
+
+@pytest.mark.integration
+def test_full_disk_at_checkpoint_removes_the_temporary_files(tiny_prep, tmp_path,
+                                                            monkeypatch):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from csa_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  config = make_config(tmp_path / "run", method="msbn", modalities=("lge", "bssfp"),
+                       train_steps=2)
+  trainer = Trainer(config, tiny_prep, log=lambda line: None)
+  checkpoints = trainer.manager.directory
+  def full_disk(checkpoint_number):
+    # What TensorFlow leaves when the disk fills mid-save.
+    os.makedirs(os.path.join(checkpoints, f"ckpt-{checkpoint_number}_temp"))
+    with open(os.path.join(checkpoints, f"ckpt-{checkpoint_number}_temp", "part"),
+              "w") as f:
+      f.write("x" * 1000)
+    raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+  monkeypatch.setattr(trainer.manager, "save", full_disk)
+  with pytest.raises(CsaInputError) as error:
+    trainer.train()
+  assert str(error.value) == (
+      f"{checkpoints}: cannot write checkpoint ckpt-2 (No space left on device); its "
+      "temporary files were removed; free space or fix the folder's permissions, then "
+      "run the same command again to resume from the last checkpoint")
+  assert os.listdir(checkpoints) == []

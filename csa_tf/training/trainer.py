@@ -11,6 +11,7 @@ csa_tf/training/distribution.py); with --mixed_precision the networks compute in
 float16 while variables and losses stay float32.
 """
 import contextlib
+import os
 import shutil
 import time
 from typing import Callable, Dict, Optional
@@ -240,7 +241,26 @@ class Trainer:
     batches = self.recalibration_batches()
     with self._scope():
       bn_recalibration.recalibrate_batch_norm(self.bundle, self.config, batches)
-    return self.manager.save(checkpoint_number=int(self.step.numpy()))
+    number = int(self.step.numpy())
+    try:
+      return self.manager.save(checkpoint_number=number)
+    except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError,
+            tf.errors.UnknownError, OSError) as error:
+      # A full disk or a read-only folder: TensorFlow leaves its half-written
+      # `ckpt-N_temp` behind, which would keep the disk full.
+      directory = self.manager.directory
+      for name in os.listdir(directory) if os.path.isdir(directory) else ():
+        if name.startswith(f"ckpt-{number}_temp"):
+          path = os.path.join(directory, name)
+          if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+          else:
+            os.remove(path)
+      cause = str(getattr(error, "message", None) or error).strip().splitlines()[0]
+      raise CsaInputError(
+          f"{directory}: cannot write checkpoint ckpt-{number} ({cause}); its temporary "
+          "files were removed; free space or fix the folder's permissions, then run the "
+          "same command again to resume from the last checkpoint") from None
 
   def dataset(self, start_step: int) -> tf.data.Dataset:
     """Global batches {modality: (images, labels)} from step start_step on."""
