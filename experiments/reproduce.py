@@ -84,10 +84,17 @@ def run_logged(command: List[str], log_path: str) -> None:
 
 
 def method_done(run_dir: str, train_steps: int) -> bool:
-  """Whether the run reached train_steps and was evaluated on its test split."""
+  """Whether the run reached train_steps and its evaluation is of that checkpoint.
+
+  Decided from the checkpoint step the evaluation recorded, never from which files
+  exist: a run trained further and killed before its evaluation was redone has a
+  summary of an older checkpoint, and is not done.
+  """
   run = RunDir(run_dir)
   final = run.read_final_losses()
-  return final is not None and run.has_summary() and final.get("step") == train_steps
+  if final is None or final.get("step") != train_steps or not run.has_summary():
+    return False
+  return run.read_summary().get("checkpoint_step") == train_steps
 
 
 def patient_dice(run_dir: str) -> Dict[str, Dict[str, float]]:

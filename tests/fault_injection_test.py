@@ -4,8 +4,10 @@ One test per case, reproduced as the report describes it. Cases that need a trai
 or a subprocess are marked integration.
 """
 import errno
+import json
 import os
 import re
+import shutil
 import signal
 
 import pytest
@@ -239,3 +241,115 @@ def test_full_disk_at_checkpoint_removes_the_temporary_files(tiny_prep, tmp_path
       "temporary files were removed; free space or fix the folder's permissions, then "
       "run the same command again to resume from the last checkpoint")
   assert os.listdir(checkpoints) == []
+
+
+# ---------------------------------------------------------------------------------------
+# Resuming on other settings or data; evaluating on a leaking split; stale tables.
+# ---------------------------------------------------------------------------------------
+def _prep_with_other_split(tiny_prep, tmp_path):
+  """The tiny release prepared again with the first seed that gives another test split."""
+  from csa_tf.data.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
+  raw = os.path.join(os.path.dirname(tiny_prep.prep_dir), "raw")
+  for seed in range(1, 20):
+    prep_dir = str(tmp_path / f"prep_seed{seed}")
+    prepare_mscmr(raw, prep_dir, modalities=list(tiny_prep.modalities), crop_size=32,
+                  test_fraction=0.25, seed=seed)
+    other = PreparedDataset.open(prep_dir)
+    if other.splits["test"] != tiny_prep.splits["test"]:
+      return other
+  raise AssertionError("no seed gave another split")
+
+
+def test_prep_fingerprint_follows_content_not_path(tiny_prep, tmp_path):
+  from csa_tf.data.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
+  moved = tmp_path / "moved"
+  shutil.copytree(tiny_prep.prep_dir, moved)
+  assert PreparedDataset.open(str(moved)).fingerprint() == tiny_prep.fingerprint()
+  other = _prep_with_other_split(tiny_prep, tmp_path)
+  assert other.fingerprint() != tiny_prep.fingerprint()
+  assert len(tiny_prep.fingerprint()) == 64
+
+
+@pytest.mark.integration
+def test_resume_with_other_settings_or_data_is_refused_and_history_kept(tiny_prep,
+                                                                        tmp_path):
+  from csa_tf.io.run_dir import RunDir  # pylint: disable=g-import-not-at-top
+  from csa_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  def train(**overrides):
+    values = dict(method="msbn", modalities=("lge", "bssfp"), train_steps=2,
+                  data_dir=tiny_prep.prep_dir)
+    values.update(overrides)
+    config = make_config(tmp_path / "run", **values)
+    from csa_tf.data.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
+    return Trainer(config, PreparedDataset.open(config.data_dir),
+                   log=lambda line: None).train()
+  train()
+  run = RunDir(str(tmp_path / "run"))
+  config_before = open(run.config_path).read()
+  # Another learning rate and lambda: both named, nothing written.
+  with pytest.raises(CsaInputError) as error:
+    train(train_steps=3, learning_rate=0.5, lam=2.0)
+  assert str(error.value) == (
+      f"{run.config_path}: this model dir was trained with other settings "
+      "(learning_rate 0.001 -> 0.5; lam 0.5 -> 2.0); resume with the run's own settings "
+      "or use a new model_dir")
+  assert open(run.config_path).read() == config_before
+  # Another split of the same scans: refused by content, whatever the path.
+  other = _prep_with_other_split(tiny_prep, tmp_path)
+  with pytest.raises(CsaInputError, match=(
+      rf"^{re.escape(other.prep_dir)}: not the data this run was trained on "
+      rf"\({re.escape(run.training_data_path)} records "
+      rf"{re.escape(os.path.abspath(tiny_prep.prep_dir))}, whose content differs")):
+    train(train_steps=3, data_dir=other.prep_dir)
+  assert open(run.config_path).read() == config_before
+  # The same PREP moved elsewhere, with more steps and another log cadence: resumes.
+  moved = tmp_path / "moved_prep"
+  shutil.copytree(tiny_prep.prep_dir, moved)
+  train(train_steps=3, data_dir=str(moved), log_every=7)
+  with open(run.config_history_path) as f:
+    history = [json.loads(line) for line in f]
+  assert [(h["event"], h["step"]) for h in history] == [("started", 0), ("resumed", 2)]
+  assert history[0]["changed"] == {}
+  assert history[1]["changed"] == {"data_dir": [tiny_prep.prep_dir, str(moved)],
+                                   "train_steps": [2, 3], "log_every": [100, 7]}
+
+
+@pytest.mark.integration
+def test_evaluate_refuses_a_split_that_leaks_training_patients(tiny_prep, tiny_run,
+                                                               tmp_path):
+  from csa_tf.evaluation.evaluator import evaluate_run  # pylint: disable=g-import-not-at-top
+  from csa_tf.io.run_dir import RunDir  # pylint: disable=g-import-not-at-top
+  run_dir = tmp_path / "run"
+  shutil.copytree(tiny_run.model_dir, run_dir)
+  other = _prep_with_other_split(tiny_prep, tmp_path)
+  leaked = sorted(set(other.splits["test"]) - set(tiny_prep.splits["test"]))
+  with pytest.raises(CsaInputError) as error:
+    evaluate_run(str(run_dir), other.prep_dir, log=lambda line: None)
+  message = str(error.value)
+  assert message.startswith(f"{os.path.join(other.prep_dir, 'splits.json')}: its test "
+                            f"patients include patients the run in {run_dir} was trained "
+                            "on (lge: ")
+  assert all(patient in message for patient in leaked)
+  assert not os.path.exists(RunDir(str(run_dir)).eval_dir)
+  # Its own PREP is evaluated, and the summary says what was evaluated on what.
+  report = evaluate_run(str(run_dir), log=lambda line: None)
+  assert report["checkpoint_step"] == 2 and report["checkpoint"] == "ckpt-2"
+  assert report["data_dir"] == os.path.abspath(tiny_prep.prep_dir)
+  assert report["prep_fingerprint"] == tiny_prep.fingerprint()
+  assert report["patients"] == {m: list(tiny_prep.splits["test"])
+                                for m in tiny_run.modalities}
+
+
+def test_reproduce_treats_an_evaluation_of_an_older_checkpoint_as_not_done(tmp_path):
+  from experiments.reproduce import method_done  # pylint: disable=g-import-not-at-top
+  from csa_tf.io.run_dir import RunDir  # pylint: disable=g-import-not-at-top
+  run = RunDir(str(tmp_path))
+  run.write_final_losses({"step": 30})
+  os.makedirs(run.eval_dir)
+  atomic.write_json(run.summary_path(), {"checkpoint_step": 20})
+  assert not method_done(str(tmp_path), 30)  # trained on, killed during evaluation
+  atomic.write_json(run.summary_path(), {"checkpoint": "ckpt-30"})
+  assert not method_done(str(tmp_path), 30)  # a summary that does not say
+  atomic.write_json(run.summary_path(), {"checkpoint_step": 30})
+  assert method_done(str(tmp_path), 30)
+  assert not method_done(str(tmp_path), 40)

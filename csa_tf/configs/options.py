@@ -68,13 +68,14 @@ class Option:
   flag_default: Any = _SAME
   parse: Optional[Callable[[Any], Any]] = None
   unparse: Optional[Callable[[Any], Any]] = None
+  on_resume: bool = False
 
 
 def option(default=dataclasses.MISSING, *, help: str,  # pylint: disable=redefined-builtin
            choices: Optional[Sequence[Any]] = None, check: Optional[Check] = None,
            flag: Any = _SAME, inverse_flag: bool = False, flag_default: Any = _SAME,
            parse: Optional[Callable[[Any], Any]] = None,
-           unparse: Optional[Callable[[Any], Any]] = None):
+           unparse: Optional[Callable[[Any], Any]] = None, on_resume: bool = False):
   """A dataclass field declared once: default, allowed values, check and help text.
 
   Args:
@@ -90,10 +91,13 @@ def option(default=dataclasses.MISSING, *, help: str,  # pylint: disable=redefin
       field's optional flag, or an empty list that a command resolves).
     parse: turns the flag's value into the field's (after the list flag is split).
     unparse: turns a field value into the flag's (its default, for the help).
+    on_resume: the value may change when a run is resumed (how long, how often to log
+      or checkpoint, where it runs); False: resuming with another value is refused.
   """
   meta = Option(help=help, choices=None if choices is None else tuple(choices),
                 check=check, flag=flag, inverse_flag=inverse_flag,
-                flag_default=flag_default, parse=parse, unparse=unparse)
+                flag_default=flag_default, parse=parse, unparse=unparse,
+                on_resume=on_resume)
   kwargs = {"metadata": {_METADATA_KEY: meta}}
   if isinstance(default, (list, dict, set)):
     raise TypeError("option defaults must be immutable (use a tuple)")

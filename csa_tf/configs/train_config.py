@@ -8,7 +8,7 @@ stores them by field name. Each option list (methods, CSA area norms and reducti
 strategies, mixed-precision modes) is declared here once and imported where needed.
 """
 import dataclasses
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from csa_tf.configs import datasets
 from csa_tf.configs import options
@@ -64,10 +64,6 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 # float32 variables, half-precision compute; None is Keras' float32 default.
 MIXED_PRECISION_POLICIES = {"off": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
-# Fields that fix the shape of what a model dir holds: resuming with other values is an
-# error, not a silent restart.
-ARCHITECTURE_FIELDS = ("method", "modalities", "feature_base", "num_classes",
-                       "in_channels", "crop_size", "dataset")
 
 
 def parse_csa_pairs(text: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
@@ -103,10 +99,14 @@ class TrainConfig:
   read them there, or with `python -m csa_tf.train --helpfull`.
   """
   model_dir: str = option(
-      help="Run folder: checkpoints, config, TensorBoard.", flag_default=None)
+      help="Run folder: checkpoints, config, TensorBoard.", flag_default=None,
+      on_resume=True)
   data_dir: str = option(
       help="Prepared data (PREP). Default: generate phantoms under "
-      "<model_dir>/phantom_data.", flag_default=None)
+      "<model_dir>/phantom_data.", flag_default=None,
+      # Its path may change on resume; its content may not (the trainer compares the
+      # PREP's fingerprint with the one the run recorded).
+      on_resume=True)
   # Facts of the prepared data, read from it rather than set by the user.
   dataset: str = option(help="The prepared data's dataset.", choices=datasets.DATASETS,
                         flag=None)
@@ -123,7 +123,8 @@ class TrainConfig:
       help="Setting of Tables 1-3: " + ", ".join(METHOD_ORDER) + ".")
   train_steps: int = option(
       1000, check=options.positive_integer,
-      help="Total training steps (resume continues to it).")
+      help="Total training steps (resume continues to it).",
+      on_resume=True)
   batch_size: int = option(8, check=options.positive_integer,
                            help="Slices per modality per step (paper: 8).")
   feature_base: int = option(16, check=options.positive_integer,
@@ -162,8 +163,10 @@ class TrainConfig:
   kd_temperature: float = option(2.0, check=options.positive,
                                  help="UMMKD's softmax temperature.")
   seed: int = option(0, help="Seed of weights, dropout and the input streams.")
-  deterministic: bool = option(False, help="Enable TF op determinism (slower).")
-  jit_compile: bool = option(False, help="Compile the training step with XLA.")
+  deterministic: bool = option(False, help="Enable TF op determinism (slower).",
+                               on_resume=True)
+  jit_compile: bool = option(False, help="Compile the training step with XLA.",
+                             on_resume=True)
   mixed_precision: str = option(
       "off", choices=tuple(MIXED_PRECISION_POLICIES),
       help="Mixed precision: bfloat16 or float16 compute (fp16 with dynamic loss "
@@ -174,26 +177,30 @@ class TrainConfig:
       True, flag="all_slices", inverse_flag=True,
       help="Train on unlabelled slices too (default: only slices with some foreground).")
   checkpoint_every: int = option(500, check=options.positive_integer,
-                                 help="Steps between checkpoints.")
+                                 help="Steps between checkpoints.", on_resume=True)
   bn_recalibration_batches: int = option(
       20, check=options.non_negative,
       help="Training batches per modality on which BN statistics are re-estimated with "
       "dropout off before each checkpoint (0: off; see "
       "csa_tf/training/bn_recalibration.py).")
   keep_checkpoints: int = option(3, check=options.positive_integer,
-                                 help="Checkpoints kept (older ones are deleted).")
+                                 help="Checkpoints kept (older ones are deleted).",
+                                 on_resume=True)
   log_every: int = option(50, check=options.positive_integer,
-                          help="Steps between progress lines and scalars.")
+                          help="Steps between progress lines and scalars.",
+                          on_resume=True)
   image_summary_every: int = option(
       0, check=options.non_negative,
       help="Steps between TensorBoard image summaries: segmentation overlays and the "
       "first CSA pair's affinity matrices (0: never; see "
-      "csa_tf/training/summary_images.py).")
+      "csa_tf/training/summary_images.py).",
+      on_resume=True)
   strategy: str = option(
       "default", choices=STRATEGIES,
       help="tf.distribute strategy: default (one device), mirrored (all local GPUs), "
       "multi_worker (cluster from TF_CONFIG). --batch_size is the global batch per "
-      "modality, split over the replicas.")
+      "modality, split over the replicas.",
+      on_resume=True)
 
   @property
   def method_spec(self) -> MethodSpec:
@@ -256,6 +263,20 @@ class TrainConfig:
                             pair=":".join(pair), tap=repr(tap),
                             taps=", ".join(FEATURE_TAPS))
     return self
+
+  def changes_from(self, previous: "TrainConfig", *, on_resume: bool
+                   ) -> Dict[str, Tuple[Any, Any]]:
+    """The fields whose value differs from `previous`: {name: (previous, this)}.
+
+    Args:
+      previous: the config a run was started (or last resumed) with.
+      on_resume: True: only the fields that may change when a run resumes (declared
+        with `option(on_resume=True)`); False: only those that may not.
+    """
+    old, new = previous.to_json(), self.to_json()
+    return {name: (old.get(name), new[name])
+            for name, (_, meta) in options.declarations(TrainConfig).items()
+            if meta.on_resume == on_resume and old.get(name) != new[name]}
 
   def to_json(self) -> dict:
     out = dataclasses.asdict(self)

@@ -10,6 +10,7 @@ Layout:
 Each .npz is read with allow_pickle=False; strings are stored as 0-d unicode arrays.
 """
 import dataclasses
+import hashlib
 import json
 import os
 import zipfile
@@ -233,6 +234,28 @@ class PreparedDataset:
   @property
   def meta_path(self) -> str:
     return os.path.join(self.prep_dir, META_FILE)
+
+  def fingerprint(self) -> str:
+    """A digest of what the PREP holds, the same wherever the folder is moved.
+
+    It covers prep_meta.json (dataset, crop, every volume's entry), splits.json and each
+    volume file's name and size: a preparation of other scans, another split or seed,
+    or another crop differs; copying or moving the folder does not change it. (Volume
+    bytes are not read: a whole-heart PREP holds gigabytes.)
+    """
+    digest = hashlib.sha256()
+    for name in (META_FILE, SPLITS_FILE):
+      with open(os.path.join(self.prep_dir, name), "rb") as f:
+        digest.update(f.read())
+    for entry in sorted(self.entries, key=lambda e: e.file):
+      size = os.path.getsize(os.path.join(self.prep_dir, entry.file))
+      digest.update(f"{entry.file}\0{size}\0".encode())
+    return digest.hexdigest()
+
+  def patients(self, split: str, modalities: Sequence[str]) -> Dict[str, List[str]]:
+    """{modality: patient ids of `split`} for the given modalities."""
+    return {m: [entry.patient_id for entry in self.entries_for(split, m)]
+            for m in modalities}
 
   def check_fits(self, config: "TrainConfig") -> None:
     """Checks that a run with this config can be evaluated (or shown) on this PREP.

@@ -9,12 +9,11 @@ import math
 import os
 from typing import Callable, Dict, List, Optional
 
-
 from csa_tf import metrics
 from csa_tf.evaluation import tables
 from csa_tf.errors import CsaInputError
 from csa_tf.io import atomic
-from csa_tf.data.prepared import PreparedDataset
+from csa_tf.data.prepared import SPLITS_FILE, PreparedDataset
 from csa_tf.io.run_dir import RunDir
 
 CSV_COLUMNS = ("patient_id", "modality", "class_index", "class_name", "status") + (
@@ -26,12 +25,15 @@ def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str =
   """Evaluates the latest checkpoint of model_dir; returns the summary dict (as written).
 
   Raises:
-    CsaInputError: model_dir or PREP is missing or does not fit the run.
+    CsaInputError: model_dir or PREP is missing or does not fit the run, or the PREP's
+      test split holds patients the run was trained on.
   """
   run = RunDir(model_dir)
   config = run.config
   prepared = PreparedDataset.open(data_dir or config.data_dir)
   prepared.check_fits(config)
+  if split == "test":
+    check_no_leak(run, prepared, config)
   # TensorFlow loads only after the cheap checks, so that they fail fast.
   segmenter = run.segmenter(batch_size=batch_size)
   checkpoint = run.checkpoint_path
@@ -57,7 +59,12 @@ def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str =
   os.makedirs(run.eval_dir, exist_ok=True)
   write_csv(run.per_volume_path(split), rows)
   report = dict(dataset=spec.name, method=config.method, split=split,
-                checkpoint=os.path.basename(checkpoint), modalities=list(config.modalities),
+                checkpoint=os.path.basename(checkpoint),
+                checkpoint_step=checkpoint_step(checkpoint),
+                data_dir=os.path.abspath(prepared.prep_dir),
+                prep_fingerprint=prepared.fingerprint(),
+                patients=prepared.patients(split, config.modalities),
+                modalities=list(config.modalities),
                 class_names=list(spec.class_names),
                 missing_structure_policy=metrics.MISSING_STRUCTURE_POLICY,
                 summary=summary)
@@ -65,6 +72,48 @@ def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str =
   log(tables.markdown_tables(spec, config.modalities,
                              {config.method: summary}))
   return report
+
+
+def checkpoint_step(checkpoint: str) -> int:
+  """The training step of a checkpoint path ".../ckpt-20" (CheckpointManager's names)."""
+  return int(os.path.basename(checkpoint).rsplit("-", 1)[1])
+
+
+def trained_patients(run: RunDir) -> Optional[Dict[str, List[str]]]:
+  """{modality: patient ids} the run trained on, or None when that is not known.
+
+  From the run's training_data.json; for a run made before it, from the train split of
+  the PREP its config names, when that folder is still there.
+  """
+  record = run.read_training_data()
+  if record is not None:
+    return record["train_patients"]
+  config = run.config
+  try:
+    prepared = PreparedDataset.open(config.data_dir)
+  except CsaInputError:
+    return None
+  return prepared.patients("train", config.modalities)
+
+
+def check_no_leak(run: RunDir, prepared: PreparedDataset, config) -> None:
+  """Refuses a test split that holds patients the run was trained on.
+
+  Raises:
+    CsaInputError: naming the PREP's splits file and the patients of each modality.
+  """
+  trained = trained_patients(run)
+  if trained is None:
+    return
+  tested = prepared.patients("test", config.modalities)
+  leaks = {m: sorted(set(tested[m]) & set(trained.get(m, ()))) for m in tested}
+  leaks = {m: ids for m, ids in leaks.items() if ids}
+  if leaks:
+    listed = "; ".join(f"{m}: {', '.join(ids)}" for m, ids in leaks.items())
+    raise CsaInputError(
+        f"{os.path.join(prepared.prep_dir, SPLITS_FILE)}: its test patients include "
+        f"patients the run in {run.path} was trained on ({listed}); evaluate on the "
+        "run's own PREP or on one prepared with the same split")
 
 
 def write_csv(path: str, rows: List[Dict]) -> None:

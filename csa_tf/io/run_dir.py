@@ -7,6 +7,10 @@ Layout:
                              step, dropout seed states); the latest one is resumed,
                              evaluated, exported
   RUN/train/                 TensorBoard events (scalars; images when enabled)
+  RUN/training_data.json     the PREP the run trains on: its path, fingerprint and the
+                             training patients per modality (resume and evaluate check it)
+  RUN/config_history.jsonl   one line per start or resumption: when, from which step,
+                             which resumable settings changed
   RUN/final_losses.json      the step reached and the last loss terms, once finished
   RUN/eval/per_volume.csv    per volume and class metrics of `csa_tf.evaluate`
   RUN/eval/summary.json      their summary (per_volume_<split>.csv / summary_<split>.json
@@ -36,6 +40,8 @@ VERSIONS_FILE = "versions.json"
 CHECKPOINT_SUBDIR = "checkpoints"
 TENSORBOARD_SUBDIR = "train"
 FINAL_LOSSES_FILE = "final_losses.json"
+TRAINING_DATA_FILE = "training_data.json"
+CONFIG_HISTORY_FILE = "config_history.jsonl"
 EVAL_SUBDIR = "eval"
 FIGURES_SUBDIR = "figures"
 PHANTOM_DATA_SUBDIR = "phantom_data"
@@ -90,6 +96,14 @@ class RunDir:
   @property
   def final_losses_path(self) -> str:
     return self._join(FINAL_LOSSES_FILE)
+
+  @property
+  def training_data_path(self) -> str:
+    return self._join(TRAINING_DATA_FILE)
+
+  @property
+  def config_history_path(self) -> str:
+    return self._join(CONFIG_HISTORY_FILE)
 
   @property
   def eval_dir(self) -> str:
@@ -227,6 +241,28 @@ class RunDir:
 
   def write_final_losses(self, values: dict) -> None:
     atomic.write_json(self.final_losses_path, values, sort_keys=True)
+
+  def read_training_data(self) -> Optional[dict]:
+    """training_data.json, or None for a run that has none (new, or made before it)."""
+    if not os.path.isfile(self.training_data_path):
+      return None
+    try:
+      with open(self.training_data_path, encoding="utf-8") as f:
+        return json.load(f)
+    except (OSError, ValueError) as error:
+      raise CsaInputError(f"{self.training_data_path}: unreadable ({error})") from None
+
+  def write_training_data(self, record: dict) -> None:
+    atomic.write_json(self.training_data_path, record, sort_keys=True)
+
+  def append_config_history(self, entry: dict) -> None:
+    """Adds one JSON line to config_history.jsonl (the whole file rewritten atomically)."""
+    previous = ""
+    if os.path.isfile(self.config_history_path):
+      with open(self.config_history_path, encoding="utf-8") as f:
+        previous = f.read()
+    atomic.write_text(self.config_history_path,
+                      previous + json.dumps(entry, sort_keys=True) + "\n")
 
   def has_summary(self, split: str = "test") -> bool:
     return os.path.isfile(self.summary_path(split))

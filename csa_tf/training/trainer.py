@@ -45,32 +45,49 @@ def learning_rate_schedule(config: config_lib.TrainConfig):
 
 
 def check_model_dir(model_dir: str, config: config_lib.TrainConfig) -> None:
-  """Refuses to resume a model dir whose run had another architecture or data.
+  """Refuses to resume a model dir whose run had other settings.
+
+  Only the settings declared `on_resume` (how long, how often to log or checkpoint,
+  where it runs, the data folder's path) may change; the data itself is compared by
+  `check_training_data`.
 
   Raises:
-    CsaInputError: naming the run's config file and the fields that differ.
+    CsaInputError: naming the run's config file and every field that differs.
   """
   run = RunDir(model_dir)
-  path = run.config_path
   if not run.is_run():
     return
-  previous = run.load_config().to_json()
-  current = config.to_json()
-  differing = [f"{name} {previous.get(name)!r} -> {current[name]!r}"
-               for name in config_lib.ARCHITECTURE_FIELDS
-               if previous.get(name) != current[name]]
+  differing = config.changes_from(run.load_config(), on_resume=False)
   if differing:
-    raise CsaInputError(f"{path}: this model dir was trained with other settings "
-                        f"({'; '.join(differing)}); use a new {param('model_dir')}")
-  # fp16 wraps the optimizer in a loss scaler, whose checkpoint the other settings (and
-  # vice versa) cannot restore; off and bf16 share one.
-  was_fp16 = previous.get("mixed_precision") == "fp16"
-  if was_fp16 != (config.mixed_precision == "fp16"):
-    raise CsaInputError(
-        f"{path}: this model dir was trained with "
-        f"{param('mixed_precision', previous.get('mixed_precision'))}; resuming with "
-        f"{param('mixed_precision', config.mixed_precision)} cannot restore its optimizer "
-        f"(fp16 adds a loss scale); use a new {param('model_dir')}")
+    listed = "; ".join(f"{name} {old!r} -> {new!r}"
+                       for name, (old, new) in differing.items())
+    raise CsaInputError(f"{run.config_path}: this model dir was trained with other "
+                        f"settings ({listed}); resume with the run's own settings or use "
+                        f"a new {param('model_dir')}")
+
+
+def training_data_record(prepared: PreparedDataset,
+                         config: config_lib.TrainConfig) -> dict:
+  """What RUN/training_data.json holds: the PREP's path, fingerprint, train patients."""
+  return {"data_dir": os.path.abspath(prepared.prep_dir),
+          "prep_fingerprint": prepared.fingerprint(),
+          "train_patients": prepared.patients("train", config.modalities)}
+
+
+def check_training_data(run: RunDir, record: dict) -> None:
+  """Refuses to resume a run on other data than it was trained on.
+
+  Raises:
+    CsaInputError: the PREP's fingerprint differs from the one the run recorded.
+  """
+  previous = run.read_training_data()
+  if previous is None or previous.get("prep_fingerprint") == record["prep_fingerprint"]:
+    return
+  raise CsaInputError(
+      f"{record['data_dir']}: not the data this run was trained on "
+      f"({run.training_data_path} records {previous.get('data_dir')}, whose content "
+      "differs: another preparation, split or seed); resume with "
+      f"{param('data_dir', previous.get('data_dir'))} or use a new {param('model_dir')}")
 
 
 class Trainer:
@@ -278,9 +295,22 @@ class Trainer:
         checkpointed, and the same call resumes from it.
     """
     config = self.config
+    run = RunDir(self.output_dir)
+    resumed = RunDir(config.model_dir).is_run()
+    previous = RunDir(config.model_dir).load_config() if resumed else None
     check_model_dir(config.model_dir, config)
+    data_record = training_data_record(self.prepared, config)
+    check_training_data(RunDir(config.model_dir), data_record)
     run_record.write_run_record(self.output_dir, config)
+    if run.read_training_data() is None:
+      run.write_training_data(data_record)
     start = self.restore_latest()
+    run.append_config_history({
+        "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "event": "resumed" if resumed else "started", "step": start,
+        "changed": {name: list(values) for name, values in
+                    (config.changes_from(previous, on_resume=True) if previous
+                     else {}).items()}})
     if start >= config.train_steps:
       self.log(f"already trained to step {start} "
                f"({param('train_steps', config.train_steps)}); "
