@@ -353,3 +353,59 @@ def test_reproduce_treats_an_evaluation_of_an_older_checkpoint_as_not_done(tmp_p
   atomic.write_json(run.summary_path(), {"checkpoint_step": 30})
   assert method_done(str(tmp_path), 30)
   assert not method_done(str(tmp_path), 40)
+
+
+# ---------------------------------------------------------------------------------------
+# --overwrite replaces only what csa_tf made.
+# ---------------------------------------------------------------------------------------
+def _tree(root):
+  return sorted(os.path.relpath(os.path.join(d, f), root)
+                for d, _, files in os.walk(root) for f in files)
+
+
+def test_prep_overwrite_keeps_a_users_files(tmp_path):
+  raw = make_mscmr_release(tmp_path / "raw", num_patients=2, modalities=("LGE", "C0"))
+  prep = tmp_path / "prep"
+  kwargs = dict(modalities=("lge", "bssfp"), crop_size=32, test_fraction=0.5)
+  prepare_mscmr(raw, str(prep), **kwargs)
+  prepare_mscmr(raw, str(prep), overwrite=True, **kwargs)  # its own output: replaced
+  (prep / "notes.txt").write_text("my notes")
+  (prep / "volumes" / "lge" / "readme.md").write_text("mine too")
+  before = _tree(prep)
+  with pytest.raises(CsaInputError) as error:
+    prepare_mscmr(raw, str(prep), overwrite=True, **kwargs)
+  assert str(error.value) == (
+      f"{prep}: holds files csa_tf did not make (notes.txt, volumes/lge/readme.md); "
+      "overwrite replaces only a csa_tf preparation: move them out or choose another "
+      "output_dir")
+  assert _tree(prep) == before
+  assert (prep / "notes.txt").read_text() == "my notes"
+
+
+@pytest.mark.integration
+def test_prep_overwrite_on_the_raw_folders_parent_deletes_nothing(tmp_path):
+  # The report's case: --raw_dir=S/raw --output_dir=S --overwrite, S holding notes.txt.
+  root = tmp_path / "S"
+  raw = make_mscmr_release(root / "raw", num_patients=2, modalities=("LGE",))
+  (root / "notes.txt").write_text("keep me")
+  before = _tree(root)
+  result = run_command("data_prep.mscmr", f"--raw_dir={raw}", f"--output_dir={root}",
+                       "--modalities=lge", "--crop_size=32", "--overwrite", expect=2)
+  assert result.stderr.splitlines() == [
+      f"error: --output_dir={root}: contains --raw_dir={raw}; replacing it would delete "
+      "the source; choose another folder"]
+  assert _tree(root) == before
+
+
+@pytest.mark.integration
+def test_export_overwrite_keeps_a_folder_it_did_not_make(tiny_run, tmp_path):
+  from csa_tf.serving.exporter import export_run  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "export"
+  (out / "lge").mkdir(parents=True)
+  (out / "lge" / "weights_i_trained.h5").write_text("precious")
+  with pytest.raises(CsaInputError) as error:
+    export_run(tiny_run.model_dir, str(out), overwrite=True, log=lambda line: None)
+  assert str(error.value) == (
+      f"{out / 'lge'}: holds files csa_tf did not make (weights_i_trained.h5); overwrite "
+      "replaces only an export; move them out or choose another output_dir")
+  assert _tree(out) == ["lge/weights_i_trained.h5"]

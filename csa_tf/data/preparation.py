@@ -113,13 +113,24 @@ class PrepWriter:
       return
     if not os.path.isdir(self.output_dir):
       raise CsaInputError(f"{self.output_dir}: exists and is not a folder")
-    if not os.listdir(self.output_dir) or self.overwrite:
+    if not os.listdir(self.output_dir):
       return
     meta_path = os.path.join(self.output_dir, prepared.META_FILE)
     if not os.path.isfile(meta_path):
       raise CsaInputError(
           f"{self.output_dir}: output folder is not empty and holds no csa_tf preparation;"
           f" choose another {param('output_dir')}")
+    if self.overwrite:
+      # Only a preparation is replaced, never what a user put beside it.
+      foreign = prepared.foreign_entries(self.output_dir)
+      if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more"
+                                          if len(foreign) > 5 else "")
+        raise CsaInputError(
+            f"{self.output_dir}: holds files csa_tf did not make ({shown}); "
+            f"{param('overwrite')} replaces only a csa_tf preparation: move them "
+            f"out or choose another {param('output_dir')}")
+      return
     raise CsaInputError(
         f"{self.output_dir}: already holds a preparation ({meta_path}); pass "
         f"{param('overwrite', True)} to replace it or choose another {param('output_dir')}")

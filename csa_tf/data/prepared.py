@@ -63,8 +63,36 @@ class PreparedVolume:
     return self.geometry.from_slices(self.label)
 
 
+VOLUMES_SUBDIR = "volumes"
+
+
 def volume_filename(modality: str, patient_id: str) -> str:
-  return os.path.join("volumes", modality, f"{patient_id}.npz")
+  return os.path.join(VOLUMES_SUBDIR, modality, f"{patient_id}.npz")
+
+
+def foreign_entries(prep_dir: str) -> List[str]:
+  """What a folder holds that a csa_tf preparation does not (paths relative to it).
+
+  A preparation is META_FILE, SPLITS_FILE, SUMMARY_FILE and volumes/<modality>/*.npz;
+  `--overwrite` may replace a folder only when this list is empty.
+  """
+  foreign = []
+  for name in sorted(os.listdir(prep_dir)):
+    path = os.path.join(prep_dir, name)
+    if name in (META_FILE, SPLITS_FILE, SUMMARY_FILE) and os.path.isfile(path):
+      continue
+    if name != VOLUMES_SUBDIR or not os.path.isdir(path) or os.path.islink(path):
+      foreign.append(name)
+      continue
+    for modality in sorted(os.listdir(path)):
+      folder = os.path.join(path, modality)
+      if not os.path.isdir(folder) or os.path.islink(folder):
+        foreign.append(os.path.join(name, modality))
+        continue
+      foreign += [os.path.join(name, modality, f) for f in sorted(os.listdir(folder))
+                  if not (f.endswith(".npz")
+                          and os.path.isfile(os.path.join(folder, f)))]
+  return foreign
 
 
 def save_volume(path: str, volume: PreparedVolume) -> None:

@@ -21,6 +21,8 @@ from csa_tf.configs.downsampling import DOWNSAMPLE
 SAVED_MODEL_SUBDIR = "saved_model"
 KERAS_FILE = "model.keras"
 DESCRIPTION_FILE = "model.json"
+# Everything an export folder DIR/<modality>/ holds.
+EXPORT_ENTRIES = (SAVED_MODEL_SUBDIR, KERAS_FILE, DESCRIPTION_FILE)
 
 
 def single_modality_network(bundle, modality: str):
@@ -101,6 +103,16 @@ def export_run(model_dir: str, output_dir: str, *, overwrite: bool = False,
                           "replace it")
     if os.path.lexists(folder) and not os.path.isdir(folder):
       raise CsaInputError(f"{folder}: exists and is not a folder")
+    entries = os.listdir(folder) if os.path.isdir(folder) else []
+    if entries:
+      # --overwrite replaces an export, never a folder of something else.
+      foreign = sorted(set(entries) - set(EXPORT_ENTRIES))
+      if foreign or DESCRIPTION_FILE not in entries:
+        what = (f"holds files csa_tf did not make ({', '.join(foreign[:5])})" if foreign
+                else f"is not a csa_tf export (no {DESCRIPTION_FILE})")
+        raise CsaInputError(f"{folder}: {what}; {param('overwrite')} replaces only "
+                            f"an export; move them out or choose another "
+                            f"{param('output_dir')}")
   bundle = run.networks()
   checkpoint = run.checkpoint_path
   written = {}
