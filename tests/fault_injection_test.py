@@ -409,3 +409,27 @@ def test_export_overwrite_keeps_a_folder_it_did_not_make(tiny_run, tmp_path):
       f"{out / 'lge'}: holds files csa_tf did not make (weights_i_trained.h5); overwrite "
       "replaces only an export; move them out or choose another output_dir")
   assert _tree(out) == ["lge/weights_i_trained.h5"]
+
+
+@pytest.mark.integration
+def test_export_killed_while_replacing_leaves_the_old_export_whole(tiny_run, tmp_path):
+  import time  # pylint: disable=g-import-not-at-top
+  from csa_tf.serving.exporter import export_run  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "export"
+  export_run(tiny_run.model_dir, str(out), log=lambda line: None)
+  def contents():
+    return {path: (out / path).read_bytes() for path in _tree(out)
+            if not path.startswith(".")}
+  before = contents()
+  process = start_command("csa_tf.export", f"--model_dir={tiny_run.model_dir}",
+                          f"--output_dir={out}", "--overwrite")
+  deadline = time.monotonic() + 300
+  # Killed once the new export is being written beside the old one.
+  while (not any(name.startswith(".lge.tmp-") for name in os.listdir(out))
+         and process.poll() is None and time.monotonic() < deadline):
+    time.sleep(0.01)
+  alive = process.poll() is None
+  process.kill()
+  process.communicate(timeout=60)
+  assert alive, "export finished before it could be killed"
+  assert contents() == before
