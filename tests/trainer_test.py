@@ -1,11 +1,10 @@
-"""Tests for the training loop: checkpoints, overfitting, determinism, resume."""
+"""Tests for the training loop: checkpoints, overfitting, determinism, resume, BN sets."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from csa_tf.configs import train_config as config_lib
-from csa_tf.training import objective
 from csa_tf.errors import CsaInputError
 from csa_tf.io.run_dir import RunDir
 from csa_tf.model.bundle import ModelBundle
@@ -115,22 +114,77 @@ def test_three_modalities_train_and_share_one_network(tiny_prep, tmp_path):
   assert all(np.isfinite(v) for v in terms.values())
 
 
-def test_step_on_one_modality_leaves_other_bn_statistics(tiny_prep, tmp_path):
-  config = make_config(tmp_path / "bn", method="msbn", modalities=("lge", "bssfp"))
-  bundle = ModelBundle(config).build()
-  net = bundle.networks["lge"]
-  def stats(modality):
-    return [v.numpy().copy() for bn in net.bn_layers() for v in
-            (bn.bn_for(modality).moving_mean, bn.bn_for(modality).moving_variance)]
-  before_bssfp, before_lge = stats("bssfp"), stats("lge")
-  lge_only = config_lib.TrainConfig(**dict(config.to_json(), modalities=("lge",),
-                                           method="single", csa_pairs=()))
-  images = tf.random.normal([2, 32, 32, 1], seed=3)
-  labels = tf.zeros([2, 32, 32], tf.int32)
-  objective.forward(bundle, {"lge": (images, labels)}, lge_only, training=True)
-  for a, b in zip(before_bssfp, stats("bssfp")):
-    np.testing.assert_array_equal(a, b)
-  assert any(not np.array_equal(a, b) for a, b in zip(before_lge, stats("lge")))
+def _bn_values(net, modality, name):
+  """One BN variable (e.g. "moving_mean") of modality's BN set at each of the 31 sites."""
+  return [getattr(site.bn_for(modality), name).numpy() for site in net.bn_layers()]
+
+
+def _random_batch(seed, size=16):
+  # Grey levels 10 +- 30: the first conv's outputs (kernels of std 0.01) then have means
+  # and variances far above float32 rounding of the BN statistics.
+  rng = np.random.default_rng(seed)
+  return (tf.constant(rng.normal(10.0, 30.0, (2, size, size, 1)), tf.float32),
+          tf.constant(rng.integers(0, 4, (2, size, size)), tf.int32))
+
+
+# The settings with one network and a BN set per modality (REFERENCE.md section 3).
+@pytest.mark.integration
+@pytest.mark.parametrize("method", ["msbn", "ummkd", "affinity", "csa"])
+def test_train_step_moves_each_modality_bn_with_its_own_batch_only(tiny_prep, tmp_path,
+                                                                     method):
+  # Two steps of the compiled train_step from the same start, with the same lge batch
+  # and different bssfp batches: lge's BN must end bit for bit the same, bssfp's not.
+  # Routing every modality through one BN set, or mixing the batches' statistics, breaks
+  # one or the other. Dropout 0: nothing random in the step; op determinism as in the
+  # seeded-runs test above, so that "the same" means bit for bit on a GPU too.
+  config = make_config(tmp_path / method, method=method, modalities=("lge", "bssfp"),
+                       crop_size=16, dropout_rate=0.0, deterministic=True)
+  trainer = Trainer(config, tiny_prep, log=quiet)
+  net = trainer.bundle.networks["lge"]
+  # Restoring every variable (weights, BN statistics, optimizer slots and iterations)
+  # before the second step reuses the traced step, which costs most of the time.
+  state = [v for n in trainer.bundle.unique_networks for v in n.variables]
+  state += list(trainer.optimizer.variables)
+  start = [v.numpy() for v in state]
+  lge = _random_batch(1)
+  kernel = net.g1_conv.kernel.numpy()
+  statistics = ("moving_mean", "moving_variance")
+  initial = {name: _bn_values(net, "lge", name) for name in statistics}
+  runs = []
+  for bssfp_seed in (2, 3):
+    for variable, value in zip(state, start):
+      variable.assign(value)
+    batches = {"lge": lge, "bssfp": _random_batch(bssfp_seed)}
+    trainer.train_step(batches)
+    runs.append({m: {name: _bn_values(net, m, name)
+                     for name in statistics + ("gamma", "beta")} for m in batches})
+    # The first BN site normalises g1_conv(images): its moving statistics are the
+    # momentum-0.9 update, from (0, 1), with that modality's batch moments alone.
+    for modality, (images, _) in batches.items():
+      conv = tf.nn.conv2d(images, kernel, strides=1, padding="SAME").numpy()
+      site = net.bn_layers()[0].bn_for(modality)
+      np.testing.assert_allclose(site.moving_mean.numpy(),
+                                 0.1 * conv.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+      np.testing.assert_allclose(site.moving_variance.numpy(),
+                                 0.9 + 0.1 * conv.var(axis=(0, 1, 2)), rtol=1e-5)
+      assert conv.var(axis=(0, 1, 2)).min() > 0.1
+  first, second = runs
+  for name in statistics:
+    # Every one of the 31 sites moved in the step, and to the same values both times.
+    assert len(first["lge"][name]) == len(initial[name]) == 31
+    for a, b, before in zip(first["lge"][name], second["lge"][name], initial[name]):
+      assert not np.array_equal(a, before)
+      np.testing.assert_array_equal(a, b)
+    assert all(not np.array_equal(a, b)
+               for a, b in zip(first["bssfp"][name], second["bssfp"][name]))
+  # gamma and beta move with the gradient: in msbn only lge's own loss reaches lge's;
+  # the KD, affinity and CSA terms couple both modalities' BN parameters by design.
+  for name in ("gamma", "beta"):
+    assert all(not np.array_equal(a, b)
+               for a, b in zip(first["bssfp"][name], second["bssfp"][name]))
+    if method == "msbn":
+      for a, b in zip(first["lge"][name], second["lge"][name]):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_config_round_trip_and_bad_values(tmp_path):
