@@ -6,6 +6,8 @@ Without --data_dir, cardiac phantoms in the MS-CMRSeg (or --dataset=mmwhs) layou
 generated and prepared under RUN/phantom_data first, so the command works with no
 download. Re-running the same command resumes from RUN's latest checkpoint.
 """
+import contextlib
+
 from absl import flags
 from absl import logging
 
@@ -16,6 +18,7 @@ from csa_tf import tf_runtime
 from csa_tf.errors import CsaInputError
 from csa_tf.data import demo
 from csa_tf.data.prepared import PreparedDataset
+from csa_tf.io.run_lock import RunLock
 
 FLAGS = flags.FLAGS
 # The option sections whose fields are this command's flags. A message about a field of
@@ -72,25 +75,36 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     config, prepared, demo_data = config_from_flags(FLAGS.model_dir)
-    # Every flag is checked: only now load TensorFlow (quietly, csa_tf/tf_runtime.py).
-    tf_runtime.import_tensorflow()
-    strategy = None
-    if config.strategy != "default":
-      # MultiWorkerMirroredStrategy must exist before any other TensorFlow operation;
-      # reading the flags and the PREP's metadata above runs none.
-      from csa_tf.training import distribution  # pylint: disable=g-import-not-at-top
-      strategy = distribution.make_strategy(config.strategy)
-    if prepared is None:
-      demo.prepare_phantom_data(
-          config.model_dir, dataset=demo_data.dataset,
-          num_patients=demo_data.phantom_patients, scale=demo_data.phantom_scale,
-          crop_size=demo_data.crop_size, seed=config.seed)
-      prepared = PreparedDataset.open(config.data_dir)
-    from csa_tf.training import trainer  # pylint: disable=g-import-not-at-top
-    trainer.Trainer(config, prepared, strategy=strategy).train()
+    # One writer per run folder, refused at once, before TensorFlow loads. Under
+    # multi_worker only the chief holds it, which only its strategy knows: the Trainer
+    # takes it there (and re-enters this one otherwise).
+    lock = (contextlib.nullcontext() if config.strategy == "multi_worker"
+            else RunLock(config.model_dir))
+    with lock:
+      _train(config, prepared, demo_data)
   except options.ConfigError as error:
     # The library names options by field; the user typed flags.
     raise CsaInputError(error.render(options.flag_spelling(*SECTIONS))) from None
+
+
+def _train(config, prepared, demo_data):
+  """Trains the checked config; the phantoms are made first when prepared is None."""
+  # Every flag is checked: only now load TensorFlow (quietly, csa_tf/tf_runtime.py).
+  tf_runtime.import_tensorflow()
+  strategy = None
+  if config.strategy != "default":
+    # MultiWorkerMirroredStrategy must exist before any other TensorFlow operation;
+    # reading the flags and the PREP's metadata above runs none.
+    from csa_tf.training import distribution  # pylint: disable=g-import-not-at-top
+    strategy = distribution.make_strategy(config.strategy)
+  if prepared is None:
+    demo.prepare_phantom_data(
+        config.model_dir, dataset=demo_data.dataset,
+        num_patients=demo_data.phantom_patients, scale=demo_data.phantom_scale,
+        crop_size=demo_data.crop_size, seed=config.seed)
+    prepared = PreparedDataset.open(config.data_dir)
+  from csa_tf.training import trainer  # pylint: disable=g-import-not-at-top
+  trainer.Trainer(config, prepared, strategy=strategy).train()
 
 
 if __name__ == "__main__":

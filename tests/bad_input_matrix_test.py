@@ -194,6 +194,10 @@ MSCMR_CASES = {
     "label_values_outside_set": lambda raw: (
         _edit_voxel(_label(raw), 1220),
         (_label(raw), "label values 1220 are not mscmr labels"))[1],
+    "label_on_another_grid": lambda raw: (
+        write_nifti(_label(raw), np.asanyarray(nib.load(_label(raw)).dataobj),
+                    np.diag([-1.0, 1.0, 1.0, 1.0])),  # x-flipped header
+        (_label(raw), "label affine differs from its image's"))[1],
     "label_fractional": lambda raw: (
         write_nifti(_label(raw), np.full(SHAPE, 0.5, np.float32)),
         (_label(raw), "non-integer"))[1],

@@ -7,8 +7,6 @@ and names the label values; the shared work is csa_tf.data.preparation.
 import functools
 import re
 
-import numpy as np
-
 
 from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError
@@ -53,9 +51,7 @@ def prepare_mmwhs(raw_dir: str, output_dir: str, *,
   def load(modality, number):
     image = read_volume(images[(modality, number)], kind="image")
     label = read_volume(labels[(modality, number)], kind="label")
-    if image.data.shape == label.data.shape and not _same_grid(image, label):
-      raise CsaInputError(f"{label.path}: label affine differs from its image's; "
-                          "the two do not lie on the same voxel grid")
+    preparation.check_same_grid(image, label)
     return image, label, modality, f"{modality}_train_{number}", header_ornt(image.affine)
 
   keys = sorted(images)
@@ -66,7 +62,3 @@ def prepare_mmwhs(raw_dir: str, output_dir: str, *,
   return preparation.run_preparation(output_dir, spec=spec, settings=settings,
                                      overwrite=overwrite, jobs=jobs,
                                      modalities=modalities, split_groups=groups)
-
-
-def _same_grid(image, label) -> bool:
-  return bool(np.allclose(image.affine, label.affine, atol=1e-3))

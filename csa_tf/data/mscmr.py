@@ -27,7 +27,8 @@ def prepare_mscmr(raw_dir: str, output_dir: str, *,
 
   Raises:
     CsaInputError: bad settings, no matching files, an image without its label (or the
-      reverse), a patient missing a requested modality, or any bad volume.
+      reverse), a patient missing a requested modality, a label whose affine differs
+      from its image's, or any bad volume.
   """
   spec = datasets.MSCMR
   preparation.check_common_flags(crop_size, test_fraction, raw_dir, output_dir)
@@ -60,6 +61,7 @@ def prepare_mscmr(raw_dir: str, output_dir: str, *,
   def load(n, modality):
     image = read_volume(images[(n, modality)], kind="image")
     label = read_volume(labels[(n, modality)], kind="label")
+    preparation.check_same_grid(image, label)
     return image, label, modality, f"patient{n}", slice_axis_ornt(2)
 
   jobs = [functools.partial(load, n, m) for m in modalities for n in patients]

@@ -42,6 +42,30 @@ def map_labels(raw: np.ndarray, spec: DatasetSpec, path: str) -> np.ndarray:
   return out
 
 
+# How far a label's affine entry may stray from its image's: |a - b| <= 1e-3 mm +
+# 1e-5 |b| (numpy.allclose with this atol): float32 rounding of a header's sform or
+# quaternion, but not a real offset (MM-WHS' 0.002 mm is refused).
+GRID_TOLERANCE_MM = 1e-3
+
+
+def check_same_grid(image: Volume, label: Volume) -> None:
+  """Refuses a label whose affine differs from its image's (same shape only).
+
+  A label shifted or flipped in its header lies on another voxel grid than its image;
+  mapped voxel by voxel it would teach the wrong anatomy. A shape mismatch is reported
+  by `prepare_volume`, so volumes of different shapes pass here.
+
+  Raises:
+    CsaInputError: naming the label file, when an affine entry differs by more than
+      the tolerance (GRID_TOLERANCE_MM).
+  """
+  if image.data.shape != label.data.shape:
+    return
+  if not np.allclose(image.affine, label.affine, atol=GRID_TOLERANCE_MM):
+    raise CsaInputError(f"{label.path}: label affine differs from its image's; "
+                        "the two do not lie on the same voxel grid")
+
+
 def prepare_volume(image: Volume, label: Volume, *, spec: DatasetSpec, modality: str,
                    patient_id: str, ornt: np.ndarray,
                    crop_size: int) -> (prepared.PreparedVolume, bool):

@@ -15,6 +15,7 @@ from csa_tf.errors import CsaInputError
 from csa_tf.io import atomic
 from csa_tf.data.prepared import SPLITS_FILE, PreparedDataset
 from csa_tf.io.run_dir import RunDir
+from csa_tf.io.run_lock import RunLock
 
 CSV_COLUMNS = ("patient_id", "modality", "class_index", "class_name", "status") + (
     metrics.METRIC_KEYS)
@@ -25,8 +26,9 @@ def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str =
   """Evaluates the latest checkpoint of model_dir; returns the summary dict (as written).
 
   Raises:
-    CsaInputError: model_dir or PREP is missing or does not fit the run, or the PREP's
-      test split holds patients the run was trained on.
+    CsaInputError: model_dir or PREP is missing or does not fit the run, the PREP's
+      test split holds patients the run was trained on, or another process is writing
+      into model_dir (csa_tf/io/run_lock.py).
   """
   run = RunDir(model_dir)
   config = run.config
@@ -34,6 +36,16 @@ def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str =
   prepared.check_fits(config)
   if split == "test":
     check_no_leak(run, prepared, config)
+  # It writes into the run folder (eval/): its one writer from now on, so that a
+  # training under way is refused at once, not after the evaluation.
+  with RunLock(model_dir, log=log):
+    return _evaluate(run, prepared, split=split, batch_size=batch_size, log=log)
+
+
+def _evaluate(run: RunDir, prepared: PreparedDataset, *, split: str, batch_size: int,
+              log: Callable[[str], None]) -> dict:
+  """`evaluate_run` after its checks, under the run folder's lock."""
+  config = run.config
   # TensorFlow loads only after the cheap checks, so that they fail fast.
   segmenter = run.segmenter(batch_size=batch_size)
   checkpoint = run.checkpoint_path

@@ -17,6 +17,9 @@ Layout:
                              for a split other than test)
   RUN/figures/               `csa_tf.visualize`'s PNGs (default output folder)
   RUN/phantom_data/{raw,prep}  the demo's phantoms and their PREP (no --data_dir given)
+  RUN/lock.json              present while a command writes into RUN: who holds the
+                             folder (pid, host, command, start; csa_tf/io/run_lock.py).
+                             Not part of the run's results; gone once it ends
 
 Format versions (issue 10, "Folders made by today's code"): config.json carries
 `format_version`; a file without one was written before versions were recorded and is
@@ -45,6 +48,7 @@ CONFIG_HISTORY_FILE = "config_history.jsonl"
 EVAL_SUBDIR = "eval"
 FIGURES_SUBDIR = "figures"
 PHANTOM_DATA_SUBDIR = "phantom_data"
+LOCK_FILE = "lock.json"
 
 # The key of config.json that holds its format version (absent: version 1).
 FORMAT_VERSION_KEY = "format_version"
@@ -127,6 +131,11 @@ class RunDir:
     """The demo's prepared data (when training without --data_dir)."""
     return self._join(PHANTOM_DATA_SUBDIR, "prep")
 
+  @property
+  def lock_path(self) -> str:
+    """The lock file of the folder's one writer (csa_tf/io/run_lock.py)."""
+    return self._join(LOCK_FILE)
+
   def per_volume_path(self, split: str = "test") -> str:
     """The evaluation's per volume and class CSV of a split."""
     name = "per_volume.csv" if split == "test" else f"per_volume_{split}.csv"
@@ -139,7 +148,10 @@ class RunDir:
 
   # -- The config. -----------------------------------------------------------------------
   def is_run(self) -> bool:
-    """Whether the folder holds a run's config (was trained, or is being trained)."""
+    """Whether the folder holds a run's config (was trained, or is being trained).
+
+    A lock file (a command writing into the run right now) changes nothing here.
+    """
     return os.path.isfile(self.config_path)
 
   @property

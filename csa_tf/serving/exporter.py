@@ -15,6 +15,7 @@ from csa_tf.io import atomic
 from csa_tf.io import run_record
 from csa_tf.errors import CsaInputError, param
 from csa_tf.io.run_dir import RunDir
+from csa_tf.io.run_lock import RunLock
 from csa_tf.model.csa_net import CsaNet
 from csa_tf.configs.downsampling import DOWNSAMPLE
 
@@ -92,7 +93,8 @@ def export_run(model_dir: str, output_dir: str, *, overwrite: bool = False,
 
   Raises:
     CsaInputError: model_dir is not a trained run, or an export exists and not
-      overwrite (checked for every modality before anything is written).
+      overwrite (checked for every modality before anything is written), or the
+      export goes into model_dir while another process writes there.
   """
   run = RunDir(model_dir)
   config = run.config
@@ -113,6 +115,15 @@ def export_run(model_dir: str, output_dir: str, *, overwrite: bool = False,
         raise CsaInputError(f"{folder}: {what}; {param('overwrite')} replaces only "
                             f"an export; move them out or choose another "
                             f"{param('output_dir')}")
+  # An export inside the run folder writes into it: then its one writer.
+  with RunLock.around_output(model_dir, output_dir, log=log):
+    return _export(run, folders, log=log)
+
+
+def _export(run: RunDir, folders: Dict[str, str], *,
+            log: Callable[[str], None]) -> Dict[str, str]:
+  """`export_run` after its checks: writes folders[modality] for every modality."""
+  config = run.config
   bundle = run.networks()
   checkpoint = run.checkpoint_path
   written = {}

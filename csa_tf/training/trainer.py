@@ -30,6 +30,7 @@ from csa_tf.io import run_record
 from csa_tf.training import summary_images
 from csa_tf.errors import CsaInputError, Interrupted, NonFiniteLossError, param
 from csa_tf.io.run_dir import RunDir
+from csa_tf.io.run_lock import RunLock
 from csa_tf.model.bundle import ModelBundle
 from csa_tf.data.prepared import PreparedDataset
 
@@ -289,11 +290,22 @@ class Trainer:
   def train(self) -> Dict[str, float]:
     """Runs (or resumes) training to config.train_steps; returns the last loss terms.
 
+    The chief holds the run folder's lock throughout (csa_tf/io/run_lock.py); the
+    other workers of multi_worker training write only into folders of their own.
+
     Raises:
+      CsaInputError: another process is writing into model_dir (its lock is held).
       NonFiniteLossError: a loss term became NaN/Inf; the last good checkpoint is kept.
       Interrupted: SIGINT or SIGTERM arrived; the step under way was finished and
         checkpointed, and the same call resumes from it.
     """
+    lock = (RunLock(self.config.model_dir, log=self.log) if self.chief
+            else contextlib.nullcontext())
+    with lock:
+      return self._train()
+
+  def _train(self) -> Dict[str, float]:
+    """`train` under the run folder's lock."""
     config = self.config
     run = RunDir(self.output_dir)
     resumed = RunDir(config.model_dir).is_run()

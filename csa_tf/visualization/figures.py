@@ -16,6 +16,7 @@ from csa_tf.errors import CsaInputError, param
 from csa_tf.data.prepared import PreparedDataset
 from csa_tf.io import atomic
 from csa_tf.io.run_dir import RunDir
+from csa_tf.io.run_lock import RunLock
 
 # Test slices per modality whose batch-pooled affinities are shown.
 AFFINITY_SLICES = 8
@@ -348,6 +349,17 @@ def make_figures(model_dir: str, *, data_dir: Optional[str] = None,
   for run in runs:
     prepared.check_fits(run.config)
   output_dir = output_dir or RunDir(model_dir).figures_dir
+  # Figures inside the run folder (RUN/figures by default) write into it: then its one
+  # writer. The compared runs are only read.
+  with RunLock.around_output(model_dir, output_dir, log=log):
+    return _write_figures(main, runs, prepared, output_dir, num_slices=num_slices,
+                          feature_tap=feature_tap, log=log)
+
+
+def _write_figures(main: "_Run", runs: Sequence["_Run"], prepared: PreparedDataset,
+                   output_dir: str, *, num_slices: int, feature_tap: Optional[str],
+                   log: Callable[[str], None]) -> List[str]:
+  """`make_figures` after its checks."""
   os.makedirs(output_dir, exist_ok=True)
   pair = (main.config.csa_pairs or config_lib.DEFAULT_CSA_PAIRS)[0]
   tap = feature_tap or pair[0]
@@ -366,7 +378,7 @@ def make_figures(model_dir: str, *, data_dir: Optional[str] = None,
   if curves:
     written.append(curves)
   else:
-    log(f"no TensorBoard scalars under {RunDir(model_dir).tensorboard_dir}: no training "
+    log(f"no TensorBoard scalars under {main.run_dir.tensorboard_dir}: no training "
         "curves")
   for path in written:
     log(f"wrote {path}")
