@@ -6,7 +6,6 @@ import keras
 
 from csa_tf import losses
 from csa_tf.model.csa_net import CsaNet
-from csa_tf.model.modality_batch_norm import ModalityBatchNorm
 from csa_tf.model.residual_block import ResidualBlock
 
 # Pinned at feature_base 16 (from the REFERENCE.md section 1 table, written out below).
@@ -242,8 +241,65 @@ def test_modalities_trace_separately_in_tf_function():
 
 def test_l2_loss_over_conv_kernels_excludes_bn():
   net = _small_net()
-  expected = 1e-4 * sum(0.5 * np.sum(k.numpy() ** 2) for k in net.conv_kernels)
-  np.testing.assert_allclose(losses.l2_loss(net.conv_kernels).numpy(), expected,
-                             rtol=1e-5)
-  assert not any(isinstance(site, ModalityBatchNorm) for site in net.conv_kernels)
-  assert len(net.conv_kernels) == 33
+  _randomize(net, 6)
+  kernels = net.conv_kernels
+  expected = 1e-4 * sum(0.5 * np.sum(k.numpy() ** 2) for k in kernels)
+  np.testing.assert_allclose(losses.l2_loss(kernels).numpy(), expected, rtol=1e-5)
+  # The 33 kernels are every weight that is not a BN weight (no conv bias, no BN).
+  bn_ids = {id(w) for w in _bn_weights(net)}
+  assert len(kernels) == 33 and not bn_ids & {id(k) for k in kernels}
+  assert {id(w) for w in net.weights} == bn_ids | {id(k) for k in kernels}
+  # Behaviourally: a BN gamma leaves the L2 term alone; a kernel moves it by
+  # 1e-4 * 0.5 * (new - old) sum of squares (Eq. 5's L2 term, REFERENCE.md section 2).
+  before = losses.l2_loss(kernels).numpy()
+  gamma = net.g1_rb1.unit1.bn.bn_for("lge").gamma
+  gamma.assign(gamma * 3.0)
+  assert losses.l2_loss(net.conv_kernels).numpy() == before
+  kernel = net.g4_rb1.unit2.conv.kernel
+  old = kernel.numpy()
+  kernel.assign(2.0 * old)  # sum of squares x4: the L2 term grows by 3x its part
+  np.testing.assert_allclose(losses.l2_loss(net.conv_kernels).numpy() - before,
+                             1e-4 * 0.5 * 3.0 * np.sum(old.astype(np.float64) ** 2),
+                             rtol=1e-3)
+
+
+def test_convs_are_shared_and_bn_sites_are_per_modality():
+  # Paper Eq. 1: the kernels are one set for every modality, BN is one set per modality.
+  modalities = ("lge", "bssfp")
+  net = _small_net(modalities)
+  _randomize(net, 7)
+  images = tf.random.normal([1, 16, 16, 1], seed=8)
+  forward = {m: tf.function(lambda x, m=m: net(x, modality=m)) for m in modalities}
+
+  def outputs():
+    return {m: forward[m](images).numpy() for m in modalities}
+
+  base = outputs()
+  # _randomize gave the two modalities different BN sets.
+  assert not np.allclose(base["lge"], base["bssfp"])
+  rng = np.random.default_rng(9)
+  kernels = net.conv_kernels
+  assert len({id(k) for k in kernels}) == 33
+  for kernel in kernels:
+    old = kernel.numpy()
+    kernel.assign(old + rng.normal(0.0, 0.5 * old.std(), old.shape).astype(old.dtype))
+    changed = outputs()
+    kernel.assign(old)
+    # One variable drives both modalities' paths: each one's output moves.
+    # (Unaffected outputs are bit-identical on this deterministic CPU path; see below.)
+    for m in modalities:
+      assert not np.array_equal(changed[m], base[m]), (kernel.path, m)
+  sites = net.bn_layers()
+  assert len(sites) == 31
+  bns = [site.bn_for(m) for site in sites for m in modalities]
+  assert len({id(bn) for bn in bns}) == 31 * len(modalities)
+  for site in sites:
+    for m, other in (modalities, modalities[::-1]):
+      gamma = site.bn_for(m).gamma
+      old = gamma.numpy()
+      gamma.assign(old * 2.0 + 0.5)
+      changed = outputs()
+      gamma.assign(old)
+      # Only the modality whose BN changed sees it; the other's output is bit-identical.
+      assert not np.array_equal(changed[m], base[m]), (site.name, m)
+      np.testing.assert_array_equal(changed[other], base[other], err_msg=site.name)

@@ -52,13 +52,19 @@ def test_mirrored_step_on_two_devices_equals_single_device_step(tiny_prep, tmp_p
   assert check["replicas"] == 2 and check["shard_sizes"] == [2, 2]
   assert check["shards_equal_global_batch"]
   assert {"dice_lge", "ce_bssfp", "csa", "l2", "total"} <= set(check["terms"])
-  # float64 networks: equal up to rounding (see tests/distribution_check.py).
-  assert check["max_term_difference"] < 1e-10, check
-  assert check["gradients_compared"] > 100
-  assert check["max_gradient_difference"] < 1e-9, check
-  assert check["max_optimizer_state_difference"] < 1e-9, check
-  assert check["max_bn_statistics_difference"] < 1e-9, check
-  assert check["max_weight_difference"] < 1e-9, check
+  # Every trainable variable has a gradient: the 33 shared conv kernels and gamma and
+  # beta of 31 BN sites x 2 modalities: 33 + 2 * 2 * 31 = 157, as README "Multiple GPUs"
+  # states.
+  assert check["gradients_compared"] == check["trainable_variables"] == 157
+  # float64 networks: equal up to rounding (see tests/distribution_check.py). Measured
+  # on 2 CPU cores: terms 3e-15, gradients 3e-14, Adam's moments 6e-14, BN statistics
+  # 5e-15 relative; the README states the bounds below.
+  for key in ("max_term_difference", "max_gradient_difference",
+              "max_optimizer_state_difference", "max_bn_statistics_difference"):
+    assert check[key] < 1e-12, (key, check)
+  # Measured 6e-12: Adam's first step moves a weight by lr * g / (|g| + epsilon), which
+  # scales the rounding of a near-zero gradient element by up to lr / epsilon = 1e4.
+  assert check["max_weight_difference"] < 1e-10, check
 
 
 def _free_ports(count):

@@ -29,7 +29,12 @@ def test_checkpoint_holds_every_weight_and_restores_logits(tiny_prep, tmp_path, 
   # that reaches it, which can be the optimizer's.)
   restored = ModelBundle(config).build()
   trained = weights(trainer.bundle)
-  assert len(trained) == sum(len(n.weights) for n in restored.unique_networks) > 0
+  # 33 kernels per network and gamma, beta, mean, variance per BN set at 31 sites:
+  # "single" has two one-BN-set networks, "csa" one with two sets, "joint" one shared set.
+  expected_count = {"single": 2 * (33 + 4 * 31), "csa": 33 + 2 * 4 * 31,
+                    "joint": 33 + 4 * 31}[method]
+  assert len(trained) == sum(len(n.weights) for n in restored.unique_networks) == (
+      expected_count)
   for a, b in zip(trained, weights(restored)):
     assert not np.array_equal(a, b)
   restored.restore(RunDir(config.model_dir).latest_checkpoint())
