@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 
+import numpy as np
 import pytest
 
 from csa_tf import cli
@@ -433,3 +434,31 @@ def test_export_killed_while_replacing_leaves_the_old_export_whole(tiny_run, tmp
   process.communicate(timeout=60)
   assert alive, "export finished before it could be killed"
   assert contents() == before
+
+
+# ---------------------------------------------------------------------------------------
+# A crop larger than the image: training and prediction see the same z-scores.
+# ---------------------------------------------------------------------------------------
+def test_crop_larger_than_image_gives_prediction_the_training_z_scores(tmp_path):
+  import nibabel as nib  # pylint: disable=g-import-not-at-top
+  from csa_tf.data.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
+  from csa_tf.serving.predictor import slice_geometry  # pylint: disable=g-import-not-at-top
+  raw = make_mscmr_release(tmp_path / "raw", num_patients=2, modalities=("LGE",),
+                           shape=(40, 48, 5))
+  prep = tmp_path / "prep"
+  prepare_mscmr(raw, str(prep), modalities=("lge",), crop_size=64, test_fraction=0.5)
+  prepared = PreparedDataset.open(str(prep))
+  entry = prepared.entries_for("train", "lge")[0]
+  volume = prepared.load(entry)
+  path = os.path.join(raw, "images", f"{entry.patient_id}_LGE.nii.gz")
+  image = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+  served = slice_geometry(image.shape, np.eye(4), dataset="mscmr",
+                          field_of_view="full", crop_size=64)
+  assert served.crop_size == 48 and volume.geometry.crop_size == 64
+  fed = served.network_slices(image)
+  trained = volume.image
+  # Both boxes hold the whole 40 x 48 slice: compare it pixel by pixel.
+  (r_fed, c_fed), (r_tr, c_tr) = served.crop_origin, volume.geometry.crop_origin
+  np.testing.assert_allclose(fed[:, -r_fed:-r_fed + 40, -c_fed:-c_fed + 48],
+                             trained[:, -r_tr:-r_tr + 40, -c_tr:-c_tr + 48],
+                             rtol=1e-5, atol=1e-5)

@@ -266,3 +266,28 @@ def test_zscore_is_per_slice_with_hand_derived_values():
                        [[-third, -third], [-third, np.sqrt(3)]], [[0, 0], [0, 0]]])
   np.testing.assert_allclose(z, expected, rtol=1e-6, atol=1e-7)
   # A volume-wide z-score (one mean 112 / 16 = 7 and one std) gives none of these.
+
+
+def test_network_slices_z_score_the_image_pixels_not_the_padding():
+  # A 2-slice 10 x 12 image in a 16-pixel box: 96 of the box's 256 pixels are padding.
+  rng = np.random.default_rng(4)
+  image = rng.normal(300.0, 40.0, (10, 12, 2)).astype(np.float32)
+  image[3:6, 4:8, :] += 500.0  # a bright "ventricle"
+  geometry = slicing.VolumeGeometry(image.shape, slicing.slice_axis_ornt(2), (-3, -2), 16)
+  mask = geometry.image_mask()
+  assert mask.sum() == 120 and mask[3:13, 2:14].all()
+  slices = geometry.network_slices(image)
+  # On the image pixels: exactly the z-score of the unpadded slice.
+  unpadded = slicing.zscore_slices(geometry.to_standard(image))
+  np.testing.assert_allclose(slices[:, 3:13, 2:14], unpadded, rtol=1e-5, atol=1e-5)
+  for k in range(2):
+    inside = slices[k][mask]
+    assert abs(inside.mean()) < 1e-5 and abs(inside.std() - 1) < 1e-5
+    # The padding is the volume's minimum, z-scored with the slice's image statistics.
+    plane = geometry.to_standard(image)[k]
+    expected = (image.min() - plane.mean()) / plane.std()
+    np.testing.assert_allclose(slices[k][~mask], expected, rtol=1e-5)
+  # The same image at the box's size has no padding: the two readings coincide.
+  full = slicing.VolumeGeometry(image.shape, slicing.slice_axis_ornt(2), (0, 0), 10)
+  np.testing.assert_allclose(full.network_slices(image[:, :10]),
+                             slicing.zscore_slices(full.to_slices(image[:, :10])))

@@ -191,7 +191,7 @@ def npz_volume(modality: str, path: str,
   geometry = VolumeGeometry(tuple(image.shape), npz_ornt(), (0, 0), SLICE_SIZE)
   volume = prepared.PreparedVolume(
       patient_id=npz_patient_id(path, modality), modality=modality,
-      image=zscore_slices(geometry.to_slices(image)),
+      image=geometry.network_slices(image),
       label=geometry.to_slices(lookup[label]),
       geometry=geometry, spacing=(1.0, 1.0, 1.0), affine=np.eye(4),
       source=os.path.basename(path))

@@ -12,7 +12,7 @@ from csa_tf.configs.downsampling import size_problem
 from csa_tf.errors import CsaInputError, param
 from csa_tf.io import atomic
 from csa_tf.io.nifti import Volume, check_not_blank
-from csa_tf.data.slicing import VolumeGeometry, enclosing_crop_origin, zscore_slices
+from csa_tf.data.slicing import VolumeGeometry, enclosing_crop_origin
 
 
 def map_labels(raw: np.ndarray, spec: DatasetSpec, path: str) -> np.ndarray:
@@ -96,14 +96,10 @@ def prepare_volume(image: Volume, label: Volume, *, spec: DatasetSpec, modality:
   standard_labels = probe.to_standard(classes)
   origin, fits = enclosing_crop_origin(standard_labels, crop_size)
   geometry = VolumeGeometry(tuple(image.data.shape), ornt, origin, crop_size)
-  # Pad with the volume's minimum (air/background) rather than 0, which is mid-range
-  # for CT in HU.
-  image_slices = geometry.crop(geometry.to_standard(image.data),
-                               pad_value=float(image.data.min()))
   volume = prepared.PreparedVolume(
       patient_id=patient_id,
       modality=modality,
-      image=zscore_slices(image_slices),
+      image=geometry.network_slices(image.data),
       label=geometry.crop(standard_labels),
       geometry=geometry,
       spacing=image.spacing,

@@ -6,7 +6,7 @@ are z-scored one by one. `VolumeGeometry` records every step so that a predictio
 cropped slices can be pasted back into the original voxel grid (`from_slices`).
 """
 import dataclasses
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from nibabel import orientations
@@ -57,6 +57,24 @@ class VolumeGeometry:
   def to_slices(self, volume: np.ndarray, pad_value=0) -> np.ndarray:
     """Original-grid array -> cropped slices [S, crop_size, crop_size]."""
     return self.crop(self.to_standard(volume), pad_value)
+
+  def image_mask(self) -> np.ndarray:
+    """[crop_size, crop_size] bool: True where the box holds image pixels, not padding."""
+    _, height, width = self.standard_shape
+    return crop_slices(np.ones((1, height, width), dtype=bool), self.crop_origin,
+                       self.crop_size, False)[0]
+
+  def network_slices(self, image: np.ndarray) -> np.ndarray:
+    """Original-grid image -> the network's input slices [S, crop_size, crop_size].
+
+    The one normalisation of preparation and prediction alike: each cropped slice is
+    z-scored with the mean and spread of its image pixels only (paper Sec. 3), so that
+    padding, where the box is larger than the image, cannot shift the statistics.
+    Padding holds the volume's minimum (air, background; 0 is mid-range for CT in HU)
+    z-scored like the rest of its slice.
+    """
+    slices = self.to_slices(image, pad_value=float(image.min()))
+    return zscore_slices(slices, valid=self.image_mask())
 
   def from_slices(self, slices: np.ndarray, fill_value=0) -> np.ndarray:
     """Cropped slices [S, crop_size, crop_size] -> an array on the original grid.
@@ -157,19 +175,30 @@ def crop_slices(standard: np.ndarray, origin: Tuple[int, int], crop_size: int,
   return out
 
 
-def zscore_slices(slices: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+def zscore_slices(slices: np.ndarray, eps: float = 1e-6,
+                  valid: Optional[np.ndarray] = None) -> np.ndarray:
   """Z-scores each 2D slice of [S, H, W] on its own (paper Sec. 3, preprocessing).
+
+  Args:
+    slices: [S, H, W].
+    eps: a spread at or below it counts as none.
+    valid: [H, W] bool, the pixels whose mean and spread are used (the image, not the
+      padding); None: all. Every pixel is then shifted and scaled by them.
 
   A constant slice has no spread to divide by; it becomes all zeros instead of NaN.
   """
   slices = slices.astype(np.float32)
-  mean = slices.mean(axis=(1, 2), keepdims=True)
-  std = slices.std(axis=(1, 2), keepdims=True)
+  if valid is None or valid.all():
+    pixels = slices
+  else:
+    pixels = slices[:, valid][:, :, None]  # [S, n, 1]: the image pixels of each slice
+  mean = pixels.mean(axis=(1, 2), keepdims=True)
+  std = pixels.std(axis=(1, 2), keepdims=True)
   # Constancy is tested exactly: float32 rounding of a constant slice's mean can leave
   # a std of one ulp of the value (2.4e-4 for a slice of 3000.7), which would turn the
   # slice into all +1 or -1 instead of zeros.
-  varies = (slices.max(axis=(1, 2), keepdims=True)
-            > slices.min(axis=(1, 2), keepdims=True))
+  varies = (pixels.max(axis=(1, 2), keepdims=True)
+            > pixels.min(axis=(1, 2), keepdims=True))
   spread = varies & (std > eps)
   safe_std = np.where(spread, std, 1.0)
   return np.where(spread, (slices - mean) / safe_std, 0.0).astype(np.float32)

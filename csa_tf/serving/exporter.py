@@ -63,8 +63,10 @@ def description(config: config_lib.TrainConfig, modality: str, checkpoint: str) 
       },
       "preprocessing": (
           "2D slices in the dataset's standard orientation (see csa_tf.data.slicing); each "
-          "slice z-scored on its own: (x - mean) / std over the slice's pixels, and all "
-          "zeros where std <= 1e-6 (csa_tf.data.slicing.zscore_slices). Training used crops "
+          "slice z-scored on its own: (x - mean) / std with mean and std over the slice's "
+          "image pixels (padding, the volume's minimum, left out), and all zeros where "
+          "std <= 1e-6 (csa_tf.data.slicing.VolumeGeometry.network_slices). Training used "
+          "crops "
           f"of {config.crop_size} x {config.crop_size} around the heart; whole slices "
           f"padded to a multiple of {DOWNSAMPLE} also work (csa_tf.predict does that)."),
       "outputs": {

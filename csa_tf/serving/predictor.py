@@ -15,8 +15,7 @@ from csa_tf.errors import CsaInputError, param
 from csa_tf.configs.downsampling import DOWNSAMPLE, padded_size
 from csa_tf.io.nifti import check_not_blank, read_volume, write_label_volume
 from csa_tf.io.run_dir import RunDir
-from csa_tf.data.slicing import (VolumeGeometry, header_ornt, slice_axis_ornt,
-                            zscore_slices)
+from csa_tf.data.slicing import VolumeGeometry, header_ornt, slice_axis_ornt
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -101,8 +100,7 @@ def predict_files(model_dir: str, modality: str, input_path: str, output_path: s
     volume = read_volume(source, kind="image")
     geometry = slice_geometry(volume.data.shape, volume.affine, dataset=config.dataset,
                               field_of_view=field_of_view, crop_size=config.crop_size)
-    slices = zscore_slices(geometry.to_slices(volume.data,
-                                              pad_value=float(volume.data.min())))
+    slices = geometry.network_slices(volume.data)
     classes = geometry.from_slices(segmenter.labels(slices, modality))
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     write_label_volume(target, raw_values[classes], affine=volume.affine,
