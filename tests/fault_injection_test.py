@@ -462,3 +462,61 @@ def test_crop_larger_than_image_gives_prediction_the_training_z_scores(tmp_path)
   np.testing.assert_allclose(fed[:, -r_fed:-r_fed + 40, -c_fed:-c_fed + 48],
                              trained[:, -r_tr:-r_tr + 40, -c_tr:-c_tr + 48],
                              rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# MS-CMRSeg stored LPS instead of RAS: the same slices, the same predictions.
+# ---------------------------------------------------------------------------------------
+def _store_lps(path, out_path):
+  """Writes the scan at path again with its first two array axes reversed (LPS-like)."""
+  import nibabel as nib  # pylint: disable=g-import-not-at-top
+  img = nib.load(path)
+  data = np.asarray(img.dataobj)
+  flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+  flip[0, 3], flip[1, 3] = data.shape[0] - 1, data.shape[1] - 1
+  os.makedirs(os.path.dirname(out_path), exist_ok=True)
+  nib.save(nib.Nifti1Image(data[::-1, ::-1].copy(), img.affine @ flip), out_path)
+
+
+def test_mscmr_prep_reads_the_header_orientation(tmp_path):
+  from csa_tf.data.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
+  raw = make_mscmr_release(tmp_path / "raw", num_patients=2, modalities=("LGE",))
+  lps_raw = tmp_path / "lps_raw"
+  for root, _, files in os.walk(raw):
+    for name in files:
+      source = os.path.join(root, name)
+      _store_lps(source, os.path.join(lps_raw, os.path.relpath(source, raw)))
+  kwargs = dict(modalities=("lge",), crop_size=32, test_fraction=0.5)
+  prepare_mscmr(raw, str(tmp_path / "prep"), **kwargs)
+  prepare_mscmr(str(lps_raw), str(tmp_path / "lps_prep"), **kwargs)
+  ras, lps = (PreparedDataset.open(str(tmp_path / name)) for name in ("prep", "lps_prep"))
+  assert ras.orientation == lps.orientation == "header"
+  for entry in ras.entries:
+    a, b = ras.load(entry), lps.load(entry)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.label, b.label)
+    # Each pastes back onto its own file's grid.
+    np.testing.assert_array_equal(b.original_label, a.original_label[::-1, ::-1])
+
+
+@pytest.mark.integration
+def test_predict_on_an_lps_copy_equals_the_ras_prediction(tiny_run, tmp_path):
+  import nibabel as nib  # pylint: disable=g-import-not-at-top
+  from csa_tf.serving.predictor import predict_files  # pylint: disable=g-import-not-at-top
+  raw = make_mscmr_release(tmp_path / "raw", num_patients=1, modalities=("LGE",),
+                           seed=7)
+  ras_in = os.path.join(raw, "images", "patient1_LGE.nii.gz")
+  lps_in = str(tmp_path / "lps" / "patient1_LGE.nii.gz")
+  _store_lps(ras_in, lps_in)
+  outputs = {}
+  for name, source in (("ras", ras_in), ("lps", lps_in)):
+    target = str(tmp_path / f"{name}_seg.nii.gz")
+    predict_files(tiny_run.model_dir, "lge", source, target, log=lambda line: None)
+    outputs[name] = nib.load(target)
+    np.testing.assert_array_equal(outputs[name].affine, nib.load(source).affine)
+  ras_labels = np.asarray(outputs["ras"].dataobj)
+  # Not vacuous: the prediction has foreground and is not symmetric under the flip.
+  assert len(np.unique(ras_labels)) > 1
+  assert (ras_labels != ras_labels[::-1, ::-1]).any()
+  np.testing.assert_array_equal(np.asarray(outputs["lps"].dataobj),
+                                ras_labels[::-1, ::-1])

@@ -291,3 +291,39 @@ def test_network_slices_z_score_the_image_pixels_not_the_padding():
   full = slicing.VolumeGeometry(image.shape, slicing.slice_axis_ornt(2), (0, 0), 10)
   np.testing.assert_allclose(full.network_slices(image[:, :10]),
                              slicing.zscore_slices(full.to_slices(image[:, :10])))
+
+
+def _lps_copy(data, affine):
+  """The same scan stored with its first two array axes reversed (RAS -> LPS-like)."""
+  flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+  flip[0, 3], flip[1, 3] = data.shape[0] - 1, data.shape[1] - 1
+  return data[::-1, ::-1], affine @ flip
+
+
+@pytest.mark.parametrize("affine,expected", [
+    (np.diag([1.25, 1.25, 10.0, 1.0]), [[1, 1], [2, 1], [0, 1]]),
+    (np.diag([-1.25, -1.25, 10.0, 1.0]), [[1, -1], [2, -1], [0, 1]]),
+    # Array axis 0 runs along world y, axis 1 along world -x: rows are axis 1 (x first).
+    (np.array([[0.0, -1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 8.0, 0], [0, 0, 0, 1]]),
+     [[2, 1], [1, -1], [0, 1]]),
+])
+def test_short_axis_ornt_reads_the_in_plane_axes_from_the_header(affine, expected):
+  np.testing.assert_array_equal(slicing.short_axis_ornt(affine), expected)
+
+
+def test_short_axis_slices_of_an_lps_copy_equal_the_ras_scan():
+  rng = np.random.default_rng(5)
+  data = rng.normal(size=(12, 9, 4)).astype(np.float32)
+  affine = np.diag([1.4, 1.4, 8.0, 1.0])
+  flipped, flipped_affine = _lps_copy(data, affine)
+  ras = slicing.VolumeGeometry(data.shape, slicing.short_axis_ornt(affine), (0, 0), 16)
+  lps = slicing.VolumeGeometry(flipped.shape, slicing.short_axis_ornt(flipped_affine),
+                               (0, 0), 16)
+  np.testing.assert_array_equal(ras.to_standard(data), lps.to_standard(flipped))
+  # As stored, the two differ (the old MS-CMRSeg reading, kept for older PREPs).
+  stored = slicing.dataset_ornt("mscmr", flipped_affine, slicing.ORIENTATION_STORED)
+  assert not np.array_equal(slicing.VolumeGeometry(flipped.shape, stored, (0, 0), 16)
+                            .to_standard(flipped), ras.to_standard(data))
+  # Pasting back lands in the input's own orientation.
+  np.testing.assert_array_equal(lps.from_slices(lps.to_slices(flipped))[:12, :9],
+                                flipped)

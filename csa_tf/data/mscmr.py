@@ -11,7 +11,7 @@ import re
 from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError, param
 from csa_tf.io.nifti import read_volume
-from csa_tf.data.slicing import slice_axis_ornt
+from csa_tf.data.slicing import ORIENTATION_HEADER, short_axis_ornt
 from csa_tf.data import discovery
 from csa_tf.data import preparation
 
@@ -62,11 +62,11 @@ def prepare_mscmr(raw_dir: str, output_dir: str, *,
     image = read_volume(images[(n, modality)], kind="image")
     label = read_volume(labels[(n, modality)], kind="label")
     preparation.check_same_grid(image, label)
-    return image, label, modality, f"patient{n}", slice_axis_ornt(2)
+    return image, label, modality, f"patient{n}", short_axis_ornt(image.affine)
 
   jobs = [functools.partial(load, n, m) for m in modalities for n in patients]
   settings = dict(crop_size=crop_size, test_fraction=test_fraction, seed=seed,
-                  raw_dir=raw_dir, modalities=modalities)
+                  raw_dir=raw_dir, modalities=modalities, orientation=ORIENTATION_HEADER)
   return preparation.run_preparation(output_dir, spec=spec, settings=settings,
                                      overwrite=overwrite, jobs=jobs,
                                      modalities=modalities)

@@ -20,6 +20,7 @@ import numpy as np
 
 from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError
+from csa_tf.data import slicing
 from csa_tf.data.slicing import VolumeGeometry
 
 if TYPE_CHECKING:  # Only for the annotation: PREP readers need not load the config code.
@@ -258,6 +259,14 @@ class PreparedDataset:
       if not os.path.isfile(path):
         raise CsaInputError(f"{path}: listed in {META_FILE} but missing")
     return prepared
+
+  @property
+  def orientation(self) -> str:
+    """How its volumes became slices: slicing.ORIENTATION_HEADER or _STORED (older
+    MS-CMRSeg PREPs); prediction must turn new scans the same way."""
+    default = (slicing.ORIENTATION_STORED if self.spec.name == "mscmr"
+               else slicing.ORIENTATION_HEADER)
+    return self.meta.get("settings", {}).get("orientation", default)
 
   @property
   def meta_path(self) -> str:

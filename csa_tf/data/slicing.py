@@ -16,6 +16,10 @@ from nibabel import orientations
 # patient's left: a coronal slice shows the patient head-up in radiological convention
 # (patient right on the image's left).
 CORONAL_AXCODES = ("A", "I", "L")
+# How a PREP turned its volumes into slices (prep_meta.json settings "orientation"):
+# from the header, or, for MS-CMRSeg PREPs made before headers were read, as stored.
+ORIENTATION_HEADER = "header"
+ORIENTATION_STORED = "stored"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +118,42 @@ def slice_axis_ornt(slice_axis: int = 2) -> np.ndarray:
   ornt[others[0]] = [1, 1]
   ornt[others[1]] = [2, 1]
   return ornt
+
+
+def short_axis_ornt(affine: np.ndarray, slice_axis: int = 2) -> np.ndarray:
+  """MS-CMRSeg: slices along `slice_axis` as stacked, in-plane axes from the header.
+
+  The short-axis slices stay in their stacking order; each slice is turned so that its
+  rows run along the in-plane array axis whose nearest world axis comes first (x before
+  y before z) and both in-plane axes point along +world. A scan stored RAS and the same
+  scan stored LPS give the same slices; a volume with an identity-like (RAS) header
+  keeps its array layout, as `slice_axis_ornt` would.
+  """
+  world = orientations.io_orientation(affine)  # [array axis] -> [world axis, +-1]
+  in_plane = sorted((axis for axis in range(3) if axis != slice_axis),
+                    key=lambda axis: world[axis, 0])
+  ornt = np.zeros((3, 2))
+  ornt[slice_axis] = [0, 1]
+  for out_axis, axis in enumerate(in_plane, start=1):
+    ornt[axis] = [out_axis, world[axis, 1]]
+  return ornt
+
+
+def dataset_ornt(dataset: str, affine: np.ndarray, orientation: str) -> np.ndarray:
+  """The array -> [slice, row, col] transform of a volume of `dataset`.
+
+  Args:
+    dataset: "mscmr" or "mmwhs".
+    affine: the volume's header affine.
+    orientation: ORIENTATION_HEADER, or ORIENTATION_STORED for MS-CMRSeg data prepared
+      before csa_tf read MS-CMRSeg headers (slices as stored). MM-WHS is always read
+      from its header.
+  """
+  if dataset != "mscmr":
+    return header_ornt(affine)
+  if orientation == ORIENTATION_STORED:
+    return slice_axis_ornt(2)
+  return short_axis_ornt(affine)
 
 
 def header_ornt(affine: np.ndarray, axcodes=CORONAL_AXCODES) -> np.ndarray:

@@ -15,15 +15,21 @@ from csa_tf.errors import CsaInputError, param
 from csa_tf.configs.downsampling import DOWNSAMPLE, padded_size
 from csa_tf.io.nifti import check_not_blank, read_volume, write_label_volume
 from csa_tf.io.run_dir import RunDir
-from csa_tf.data.slicing import VolumeGeometry, header_ornt, slice_axis_ornt
+from csa_tf.data.slicing import (ORIENTATION_HEADER, ORIENTATION_STORED, VolumeGeometry,
+                                 dataset_ornt)
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def slice_geometry(shape: Tuple[int, int, int], affine: np.ndarray, *, dataset: str,
-                   field_of_view: str, crop_size: int) -> VolumeGeometry:
-  """The geometry that turns a new volume into network slices without a label."""
-  ornt = slice_axis_ornt(2) if dataset == "mscmr" else header_ornt(affine)
+                   field_of_view: str, crop_size: int,
+                   orientation: str = ORIENTATION_HEADER) -> VolumeGeometry:
+  """The geometry that turns a new volume into network slices without a label.
+
+  `orientation` is that of the run's PREP (`run_orientation`), so that a new scan is
+  turned as the training scans were.
+  """
+  ornt = dataset_ornt(dataset, affine, orientation)
   probe = VolumeGeometry(tuple(shape), ornt, (0, 0), DOWNSAMPLE)
   _, height, width = probe.standard_shape
   if field_of_view == "full":
@@ -32,6 +38,16 @@ def slice_geometry(shape: Tuple[int, int, int], affine: np.ndarray, *, dataset: 
     size = crop_size
   origin = (height // 2 - size // 2, width // 2 - size // 2)
   return VolumeGeometry(tuple(shape), ornt, origin, size)
+
+
+def run_orientation(run: RunDir) -> str:
+  """The slice orientation of the PREP the run trained on.
+
+  From RUN/training_data.json; a run made before it was recorded trained on a PREP
+  made before MS-CMRSeg headers were read (slices as stored).
+  """
+  record = run.read_training_data() or {}
+  return record.get("orientation", ORIENTATION_STORED)
 
 
 def input_output_pairs(input_path: str, output_path: str,
@@ -93,13 +109,15 @@ def predict_files(model_dir: str, modality: str, input_path: str, output_path: s
     check_not_blank(read_volume(source, kind="image"))
   spec = datasets.get_spec(config.dataset)
   raw_values = np.array((0,) + spec.label_values, dtype=np.int16)
+  orientation = run_orientation(run)
   # TensorFlow loads only after the cheap checks, so that they fail fast.
   segmenter = run.segmenter(batch_size=batch_size)
   written = []
   for index, (source, target) in enumerate(pairs, start=1):
     volume = read_volume(source, kind="image")
     geometry = slice_geometry(volume.data.shape, volume.affine, dataset=config.dataset,
-                              field_of_view=field_of_view, crop_size=config.crop_size)
+                              field_of_view=field_of_view, crop_size=config.crop_size,
+                              orientation=orientation)
     slices = geometry.network_slices(volume.data)
     classes = geometry.from_slices(segmenter.labels(slices, modality))
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)

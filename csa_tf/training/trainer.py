@@ -69,10 +69,13 @@ def check_model_dir(model_dir: str, config: config_lib.TrainConfig) -> None:
 
 def training_data_record(prepared: PreparedDataset,
                          config: config_lib.TrainConfig) -> dict:
-  """What RUN/training_data.json holds: the PREP's path, fingerprint, train patients."""
+  """What RUN/training_data.json holds: the PREP's path, fingerprint, train patients and
+  slice orientation."""
   return {"data_dir": os.path.abspath(prepared.prep_dir),
           "prep_fingerprint": prepared.fingerprint(),
-          "train_patients": prepared.patients("train", config.modalities)}
+          "train_patients": prepared.patients("train", config.modalities),
+          # How the PREP turned scans into slices: predict turns new scans the same way.
+          "orientation": prepared.orientation}
 
 
 def check_training_data(run: RunDir, record: dict) -> None:
