@@ -121,8 +121,8 @@ MUTATIONS: Tuple[Mutation, ...] = (
         "the learning rate decays smoothly, not by 5% every 1000 steps (Sec. 3)"),
     Mutation(
         "zscore_per_volume", _SLICING,
-        "mean = slices.mean(axis=(1, 2), keepdims=True)",
-        "mean = slices.mean(axis=None, keepdims=True)",
+        "mean = pixels.mean(axis=(1, 2), keepdims=True)",
+        "mean = pixels.mean(axis=None, keepdims=True)",
         ("tests/slicing_test.py",),
         "slices centred on the volume's mean, not each on its own (Sec. 3)"),
     Mutation(
