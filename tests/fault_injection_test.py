@@ -151,6 +151,20 @@ def test_sigint_finishes_the_step_checkpoints_it_and_the_same_call_resumes(tiny_
   assert os.path.basename(run.latest_checkpoint()) == "ckpt-6" and terms
 
 
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_command_exits_128_plus_the_signal_with_one_line(capsys, signum,
+                                                                     status):
+  def main(argv):
+    del argv
+    raise Interrupted("interrupted by X at step 3; checkpoint C; run the same command "
+                      "again to resume", signum)
+  with pytest.raises(SystemExit) as exited:
+    cli.run_main(main)(["prog"])
+  assert exited.value.code == status
+  assert capsys.readouterr().err == ("interrupted by X at step 3; checkpoint C; run the "
+                                     "same command again to resume\n")
+
+
 def test_signal_during_staged_write_removes_the_staging(tmp_path):
   destination = tmp_path / "out"
   with pytest.raises(Interrupted) as stopped:
@@ -173,7 +187,9 @@ def test_a_second_signal_stops_at_once(tmp_path):
       os.kill(os.getpid(), signal.SIGINT)
 
 
-@pytest.mark.integration
+# Slow: the in-process SIGINT test above and the exit-status test below cover the
+# trainer's stop and the command's exit in the default run.
+@pytest.mark.slow
 def test_sigterm_to_train_exits_143_with_one_line(tiny_prep, tmp_path):
   run_dir = tmp_path / "run"
   process = start_command("csa_tf.train", f"--data_dir={tiny_prep.prep_dir}",

@@ -89,7 +89,9 @@ def test_seeded_runs_with_op_determinism_are_identical(tiny_prep, straight_run, 
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.integration
+# Slow: tests/reliability_test.py's SIGKILL test checks the same bit-exact resume
+# through the command line in the default run.
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tiny_prep, straight_run, tmp_path):
   Trainer(_deterministic_config(tmp_path / "resumed", 2), tiny_prep, log=quiet).train()
   resumed = Trainer(_deterministic_config(tmp_path / "resumed", 4), tiny_prep, log=quiet)
@@ -108,7 +110,9 @@ def test_model_dir_of_other_setting_is_refused(tiny_prep, straight_run):
             log=quiet).train()
 
 
-@pytest.mark.integration
+# Slow: tests/objective_test.py checks the three-modality objective term by term in the
+# default run; this trains it through the loop.
+@pytest.mark.slow
 def test_three_modalities_train_and_share_one_network(tiny_prep, tmp_path):
   config = make_config(tmp_path / "three", modalities=("lge", "bssfp", "t2"),
                        train_steps=2)
@@ -133,8 +137,12 @@ def _random_batch(seed, size=16):
 
 
 # The settings with one network and a BN set per modality (REFERENCE.md section 3).
+# ummkd and affinity run the same forward paths as msbn (plain logits) and csa (feature
+# taps), so they are opt-in.
 @pytest.mark.integration
-@pytest.mark.parametrize("method", ["msbn", "ummkd", "affinity", "csa"])
+@pytest.mark.parametrize("method", ["msbn", pytest.param("ummkd", marks=pytest.mark.slow),
+                                    pytest.param("affinity", marks=pytest.mark.slow),
+                                    "csa"])
 def test_train_step_moves_each_modality_bn_with_its_own_batch_only(tiny_prep, tmp_path,
                                                                      method):
   # Two steps of the compiled train_step from the same start, with the same lge batch
