@@ -22,6 +22,7 @@ from absl import flags
 
 from csa_tf import errors
 from csa_tf import interrupts
+from csa_tf.io import atomic
 
 EXIT_INPUT_ERROR = 2
 # Values of CSA_TF_TRACEBACK that ask for tracebacks; anything else (0, empty) does not.
@@ -34,7 +35,8 @@ _ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, er
 
 def environment_error_line(error: OSError) -> str:
   """"PATH: No space left on device": an OSError of the disk or permissions, in words."""
-  where = error.filename or "a file"
+  # Named as the user knows it, not by the hidden name it was being written under.
+  where = atomic.destination_of(str(error.filename)) if error.filename else "a file"
   return f"{where}: {error.strerror or os.strerror(error.errno)}"
 
 

@@ -6,6 +6,8 @@ would strike.
 """
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -171,6 +173,7 @@ def test_a_failing_final_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
       raise OSError(5, "Input/output error")
     real_replace(src, dst)
 
+  monkeypatch.setattr(atomic, "_exchange", lambda first, second: False)
   monkeypatch.setattr(atomic.os, "replace", fail_on_the_staged_folder)
   with pytest.raises(OSError, match="Input/output error"):
     with atomic.StagedFolder(str(destination)) as staged:
@@ -194,3 +197,67 @@ def test_json_inside_a_staged_folder(tmp_path):
     atomic.write_json(os.path.join(staged.path, "meta.json"), {"format_version": 1})
   assert json.load(open(tmp_path / "prep" / "meta.json")) == {"format_version": 1}
   assert _names(tmp_path / "prep") == ["meta.json"]
+
+
+def test_replacing_swaps_the_folders_in_one_exchange(tmp_path, monkeypatch):
+  destination = tmp_path / "out"
+  destination.mkdir()
+  _fill(str(destination), "old")
+  real_replace = os.replace
+
+  def no_rename_of_the_destination(src, dst):
+    assert os.path.abspath(dst) != str(destination) and src != str(destination)
+    real_replace(src, dst)
+
+  monkeypatch.setattr(atomic.os, "replace", no_rename_of_the_destination)
+  with atomic.StagedFolder(str(destination)) as staged:
+    _fill(staged.path, "new")
+  assert (destination / "sub" / "a.txt").read_text() == "new"
+  assert _names(tmp_path) == ["out"]
+
+
+_KILLED_BETWEEN_RENAMES = """
+import os, sys
+from csa_tf.io import atomic
+atomic._exchange = lambda first, second: False  # the two-rename fallback
+real_replace = os.replace
+def replace(src, dst):
+  if ".out.tmp-" in os.path.basename(src):
+    os._exit(9)  # kill -9 after the old folder moved aside, before the new one moved in
+  real_replace(src, dst)
+atomic.os.replace = replace
+with atomic.StagedFolder(sys.argv[1]) as staged:
+  os.makedirs(os.path.join(staged.path, "sub"))
+  open(os.path.join(staged.path, "sub", "a.txt"), "w").write("new")
+"""
+
+
+@pytest.mark.parametrize("next_writer", ["staged_folder", "restore"])
+def test_a_kill_between_the_fallbacks_renames_is_undone_by_the_next_writer(tmp_path,
+                                                                           next_writer):
+  destination = tmp_path / "out"
+  destination.mkdir()
+  _fill(str(destination), "old")
+  killed = subprocess.run([sys.executable, "-c", _KILLED_BETWEEN_RENAMES, str(destination)],
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          check=False)
+  assert killed.returncode == 9
+  assert not destination.exists()
+  hidden = _names(tmp_path)
+  assert len(hidden) == 2 and {name[:9] for name in hidden} == {".out.old-", ".out.tmp-"}
+  if next_writer == "restore":
+    assert atomic.restore_interrupted_replace(str(destination)) == str(destination)
+  else:
+    atomic.StagedFolder(str(destination)).abort()
+  assert (destination / "sub" / "a.txt").read_text() == "old"
+  # The dead writer's staging folder stays (it may be a live writer's): only .old-* go.
+  assert [n[:9] for n in _names(tmp_path)] == [".out.tmp-", "out"]
+
+
+def test_old_folders_beside_a_destination_in_place_are_removed(tmp_path):
+  destination = tmp_path / "out"
+  _fill(str(destination), "new")
+  _fill(str(tmp_path / ".out.old-abc"), "old")
+  assert atomic.restore_interrupted_replace(str(destination)) is None
+  assert _names(tmp_path) == ["out"]
+  assert (destination / "sub" / "a.txt").read_text() == "new"

@@ -9,7 +9,10 @@ import os
 import re
 import shutil
 import signal
+import socket
+import time
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -19,11 +22,13 @@ from csa_tf.configs import train_config as config_lib
 from csa_tf.configs.options import ConfigError
 from csa_tf.data import discovery
 from csa_tf.data.mscmr import prepare_mscmr
+from csa_tf.data.prepared import PreparedDataset
 from csa_tf.errors import CsaInputError, Interrupted
 from csa_tf.io import atomic
 from csa_tf.io import nifti
+from csa_tf.io.run_dir import RunDir
 from tests.helpers import TINY_TRAIN_FLAGS, make_config, make_mscmr_release, run_command
-from tests.helpers import start_command
+from tests.helpers import start_command, write_nifti
 
 
 def test_csa_pair_naming_no_tap_is_a_config_error(tmp_path):
@@ -127,7 +132,6 @@ def _interrupting_log(signum, at_step):
 @pytest.mark.integration
 def test_sigint_finishes_the_step_checkpoints_it_and_the_same_call_resumes(tiny_prep,
                                                                            tmp_path):
-  from csa_tf.io.run_dir import RunDir  # pylint: disable=g-import-not-at-top
   from csa_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
   config = make_config(tmp_path / "run", method="msbn", modalities=("lge", "bssfp"),
                        train_steps=6, log_every=1, checkpoint_every=100)
@@ -260,6 +264,121 @@ def test_full_disk_at_checkpoint_removes_the_temporary_files(tiny_prep, tmp_path
   assert os.listdir(checkpoints) == []
 
 
+# Each command as its CLI runs it (cli.run_main): a read-only disk, then Ctrl-C.
+def _command_exit(work, capsys):
+  """Runs work() as a command's main; returns (exit status, stderr lines)."""
+  def main(argv):
+    del argv
+    work()
+  with pytest.raises(SystemExit) as exited:
+    cli.run_main(main)(["prog"])
+  return exited.value.code, capsys.readouterr().err.splitlines()
+
+
+def _read_only(monkeypatch):
+  """Every temporary file or folder csa_tf makes fails as on a read-only mount."""
+  def refuse(suffix="", prefix="tmp", dir=None):  # pylint: disable=redefined-builtin
+    # The name the system call was refused for, as the tempfile module reports it.
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS),
+                  os.path.join(dir, f"{prefix}k2x9a7qd{suffix}"))
+  monkeypatch.setattr(atomic.tempfile, "mkdtemp", refuse)
+  monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
+
+
+def _signal_after(monkeypatch, owner, name, *, call, signum=signal.SIGINT):
+  """owner.name sends this process signum when its call-th call returns."""
+  real = getattr(owner, name)
+  calls = []
+  def wrapper(*args, **kwargs):
+    result = real(*args, **kwargs)
+    calls.append(1)
+    if len(calls) == call:
+      os.kill(os.getpid(), signum)
+    return result
+  monkeypatch.setattr(owner, name, wrapper)
+
+
+def test_prep_on_a_read_only_disk_is_one_line(tmp_path, monkeypatch, capsys):
+  raw = make_mscmr_release(tmp_path / "raw", num_patients=2)
+  _read_only(monkeypatch)
+  status, err = _command_exit(
+      lambda: prepare_mscmr(raw, str(tmp_path / "prep"), crop_size=32), capsys)
+  assert (status, err) == (2, [f"error: {tmp_path / 'prep'}: Read-only file system"])
+  assert sorted(os.listdir(tmp_path)) == ["raw"]
+
+
+def test_ctrl_c_during_prep_leaves_no_output(tmp_path, monkeypatch, capsys):
+  from csa_tf.data import preparation  # pylint: disable=g-import-not-at-top
+  raw = make_mscmr_release(tmp_path / "raw", num_patients=3)
+  _signal_after(monkeypatch, preparation, "prepare_volume", call=2)
+  status, err = _command_exit(
+      lambda: prepare_mscmr(raw, str(tmp_path / "prep"), crop_size=32), capsys)
+  assert (status, err) == (130, ["interrupted by SIGINT (Ctrl-C); stopped without "
+                                 "leaving partial output"])
+  assert sorted(os.listdir(tmp_path)) == ["raw"]
+
+
+def _two_lge_inputs(tmp_path):
+  raw = make_mscmr_release(tmp_path / "raw", num_patients=2, modalities=("LGE",), seed=5)
+  return os.path.join(raw, "images")
+
+
+@pytest.mark.integration
+def test_predict_on_a_read_only_disk_and_ctrl_c_during_predict(tiny_run, tmp_path,
+                                                                monkeypatch, capsys):
+  from csa_tf.model.segmenter import SliceSegmenter  # pylint: disable=g-import-not-at-top
+  from csa_tf.serving.predictor import predict_files  # pylint: disable=g-import-not-at-top
+  inputs = _two_lge_inputs(tmp_path)
+  out = tmp_path / "seg"
+  out.mkdir()
+  def predict():
+    predict_files(tiny_run.model_dir, "lge", inputs, str(out), log=lambda line: None)
+
+  with monkeypatch.context() as patch:
+    _read_only(patch)
+    status, err = _command_exit(predict, capsys)
+  assert (status, err) == (2, [f"error: {out / 'patient1_LGE.nii.gz'}: Read-only file "
+                               "system"])
+  assert os.listdir(out) == []
+
+  # Ctrl-C while the second volume is segmented: the first output is whole, the second
+  # never started, and no temporary is left.
+  _signal_after(monkeypatch, SliceSegmenter, "labels", call=2)
+  status, err = _command_exit(predict, capsys)
+  assert (status, err) == (130, ["interrupted by SIGINT (Ctrl-C); stopped without "
+                                 "leaving partial output"])
+  assert os.listdir(out) == ["patient1_LGE.nii.gz"]
+  assert nifti.read_volume(str(out / "patient1_LGE.nii.gz"), kind="label").data.shape == (
+      40, 48, 5)
+
+
+@pytest.mark.integration
+def test_ctrl_c_during_export_leaves_no_output(tiny_run, tmp_path, monkeypatch, capsys):
+  from csa_tf.serving import exporter  # pylint: disable=g-import-not-at-top
+  _signal_after(monkeypatch, exporter.atomic, "write_json", call=1)
+  status, err = _command_exit(
+      lambda: exporter.export_run(tiny_run.model_dir, str(tmp_path / "export"),
+                                  log=lambda line: None), capsys)
+  assert (status, err) == (130, ["interrupted by SIGINT (Ctrl-C); stopped without "
+                                 "leaving partial output"])
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.integration
+def test_visualize_on_a_read_only_disk_is_one_line(tiny_run, tmp_path, monkeypatch,
+                                                    capsys):
+  from csa_tf.visualization.figures import make_figures  # pylint: disable=g-import-not-at-top
+  figures = tmp_path / "figures"
+  _read_only(monkeypatch)
+  status, err = _command_exit(
+      lambda: make_figures(tiny_run.model_dir, output_dir=str(figures), num_slices=1,
+                           log=lambda line: None), capsys)
+  assert status == 2 and len(err) == 1
+  assert re.fullmatch(rf"error: {re.escape(str(figures))}/\w+\.png: Read-only file "
+                      "system", err[0]), err
+  assert not figures.exists() or os.listdir(figures) == []
+
+
 # ---------------------------------------------------------------------------------------
 # Resuming on other settings or data; evaluating on a leaking split; stale tables.
 # ---------------------------------------------------------------------------------------
@@ -290,7 +409,6 @@ def test_prep_fingerprint_follows_content_not_path(tiny_prep, tmp_path):
 @pytest.mark.integration
 def test_resume_with_other_settings_or_data_is_refused_and_history_kept(tiny_prep,
                                                                         tmp_path):
-  from csa_tf.io.run_dir import RunDir  # pylint: disable=g-import-not-at-top
   from csa_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
   def train(**overrides):
     values = dict(method="msbn", modalities=("lge", "bssfp"), train_steps=2,
@@ -335,7 +453,6 @@ def test_resume_with_other_settings_or_data_is_refused_and_history_kept(tiny_pre
 def test_evaluate_refuses_a_split_that_leaks_training_patients(tiny_prep, tiny_run,
                                                                tmp_path):
   from csa_tf.evaluation.evaluator import evaluate_run  # pylint: disable=g-import-not-at-top
-  from csa_tf.io.run_dir import RunDir  # pylint: disable=g-import-not-at-top
   run_dir = tmp_path / "run"
   shutil.copytree(tiny_run.model_dir, run_dir)
   other = _prep_with_other_split(tiny_prep, tmp_path)
@@ -359,7 +476,6 @@ def test_evaluate_refuses_a_split_that_leaks_training_patients(tiny_prep, tiny_r
 
 def test_reproduce_treats_an_evaluation_of_an_older_checkpoint_as_not_done(tmp_path):
   from experiments.reproduce import method_done  # pylint: disable=g-import-not-at-top
-  from csa_tf.io.run_dir import RunDir  # pylint: disable=g-import-not-at-top
   run = RunDir(str(tmp_path))
   run.write_final_losses({"step": 30})
   os.makedirs(run.eval_dir)
@@ -536,3 +652,89 @@ def test_predict_on_an_lps_copy_equals_the_ras_prediction(tiny_run, tmp_path):
   assert (ras_labels != ras_labels[::-1, ::-1]).any()
   np.testing.assert_array_equal(np.asarray(outputs["lps"].dataobj),
                                 ras_labels[::-1, ::-1])
+
+
+# ---------------------------------------------------------------------------------------
+# An MS-CMRSeg label on another voxel grid than its image.
+# ---------------------------------------------------------------------------------------
+def _label_with_affine(raw, change):
+  """Rewrites patient2's LGE label with its image's affine changed by change(affine)."""
+  label = os.path.join(raw, "labels", "LGE", "patient2_LGE_manual.nii.gz")
+  image = nib.load(os.path.join(raw, "images", "patient2_LGE.nii.gz"))
+  affine = image.affine.copy()
+  change(affine, image.shape)
+  write_nifti(label, np.asanyarray(nib.load(label).dataobj), affine)
+  return label
+
+
+def _shift_50mm(affine, shape):
+  affine[0, 3] += 50.0  # 50 mm along x: 50 voxels of 1 mm, far outside the tolerance
+
+
+def _flip_x(affine, shape):
+  # The same world box read from the other x end: voxel i now lies where the image's
+  # voxel (nx - 1 - i) lies, so the label is mirrored against its image.
+  affine[:3, 3] += affine[:3, 0] * (shape[0] - 1)
+  affine[:3, 0] *= -1
+
+
+@pytest.mark.parametrize("change", [_shift_50mm, _flip_x])
+def test_label_on_another_grid_is_refused(tmp_path, change):
+  raw = make_mscmr_release(tmp_path / "raw", num_patients=3)
+  label = _label_with_affine(raw, change)
+  out = tmp_path / "prep"
+  with pytest.raises(CsaInputError) as info:
+    prepare_mscmr(raw, str(out), crop_size=32)
+  assert str(info.value) == (f"{label}: label affine differs from its image's; the two "
+                             "do not lie on the same voxel grid")
+  assert not out.exists()
+
+
+def test_label_affine_within_tolerance_is_accepted(tmp_path):
+  raw = make_mscmr_release(tmp_path / "raw", num_patients=3)
+
+  def nudge(affine, shape):
+    # 1e-4 mm: float rounding of a header, ten times under the 1e-3 mm tolerance.
+    affine[:3, 3] += 1e-4
+  label = _label_with_affine(raw, nudge)
+  prepare_mscmr(raw, str(tmp_path / "prep"), crop_size=32)
+  prepared = PreparedDataset.open(str(tmp_path / "prep"))
+  entry, = [e for e in prepared.entries
+            if e.patient_id == "patient2" and e.modality == "lge"]
+  raw_label = np.asanyarray(nib.load(label).dataobj)
+  # Accepted as it is: the same foreground voxel count as the raw label.
+  assert (prepared.load(entry).label > 0).sum() == (raw_label > 0).sum()
+
+
+# ---------------------------------------------------------------------------------------
+# Two writers on one run folder (the lock itself: tests/run_lock_test.py).
+# ---------------------------------------------------------------------------------------
+@pytest.mark.integration
+def test_second_trainer_on_one_model_dir_exits_2_at_once(tiny_prep, tmp_path):
+  model_dir = tmp_path / "run"
+  flags = (f"--data_dir={tiny_prep.prep_dir}", f"--model_dir={model_dir}",
+           *TINY_TRAIN_FLAGS)
+  first = start_command("csa_tf.train", *flags)
+  try:
+    # The first holds the lock once its flags are checked (before TensorFlow loads).
+    lock_path = RunDir(str(model_dir)).lock_path
+    deadline = time.monotonic() + 30
+    while not os.path.exists(lock_path) and first.poll() is None:
+      assert time.monotonic() < deadline, "the first trainer never took the lock"
+      time.sleep(0.05)
+    started = time.monotonic()
+    second = run_command("csa_tf.train", *flags, expect=2, timeout=60)
+    second_seconds = time.monotonic() - started
+    assert first.poll() is None, "the first trainer ended before the second was refused"
+  finally:
+    out, err = first.communicate(timeout=120)
+  holder = f"pid {first.pid} on host {socket.gethostname()} (csa_tf.train, started "
+  lines = second.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"error: {model_dir}: in use by {holder}")
+  assert second.stdout == ""
+  # Refused before TensorFlow loads: the interpreter and the flags only.
+  assert second_seconds < 10
+  assert first.returncode == 0, err[-2000:]
+  assert "finished step 2" in out
+  assert not os.path.exists(lock_path)
+  assert json.load(open(model_dir / "final_losses.json"))["step"] == 2

@@ -2,7 +2,6 @@
 import json
 import os
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -117,55 +116,6 @@ def test_bad_input_one_error_no_output(tmp_path, case):
   assert named in str(info.value) and expected in str(info.value)
   assert not out.exists()
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
-
-
-def _label_with_affine(raw, change):
-  """Rewrites patient2's LGE label with its image's affine changed by change(affine)."""
-  label = os.path.join(raw, "labels", "LGE", "patient2_LGE_manual.nii.gz")
-  image = nib.load(os.path.join(raw, "images", "patient2_LGE.nii.gz"))
-  affine = image.affine.copy()
-  change(affine, image.shape)
-  write_nifti(label, np.asanyarray(nib.load(label).dataobj), affine)
-  return label
-
-
-def _shift_50mm(affine, shape):
-  affine[0, 3] += 50.0  # 50 mm along x: 50 voxels of 1 mm, far outside the tolerance
-
-
-def _flip_x(affine, shape):
-  # The same world box read from the other x end: voxel i now lies where the image's
-  # voxel (nx - 1 - i) lies, so the label is mirrored against its image.
-  affine[:3, 3] += affine[:3, 0] * (shape[0] - 1)
-  affine[:3, 0] *= -1
-
-
-@pytest.mark.parametrize("change", [_shift_50mm, _flip_x])
-def test_label_on_another_grid_is_refused(tmp_path, change):
-  raw = make_mscmr_release(tmp_path / "raw", num_patients=3)
-  label = _label_with_affine(raw, change)
-  out = tmp_path / "prep"
-  with pytest.raises(CsaInputError) as info:
-    _prepare(raw, out)
-  assert str(info.value) == (f"{label}: label affine differs from its image's; the two "
-                             "do not lie on the same voxel grid")
-  assert not out.exists()
-
-
-def test_label_affine_within_tolerance_is_accepted(tmp_path):
-  raw = make_mscmr_release(tmp_path / "raw", num_patients=3)
-
-  def nudge(affine, shape):
-    # 1e-4 mm: float rounding of a header, ten times under the 1e-3 mm tolerance.
-    affine[:3, 3] += 1e-4
-  label = _label_with_affine(raw, nudge)
-  _prepare(raw, tmp_path / "prep")
-  prepared = PreparedDataset.open(str(tmp_path / "prep"))
-  entry, = [e for e in prepared.entries
-            if e.patient_id == "patient2" and e.modality == "lge"]
-  raw_label = np.asanyarray(nib.load(label).dataobj)
-  # Accepted as it is: the same foreground voxel count as the raw label.
-  assert (prepared.load(entry).label > 0).sum() == (raw_label > 0).sum()
 
 
 @pytest.mark.integration

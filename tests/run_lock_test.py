@@ -15,8 +15,7 @@ from csa_tf import interrupts
 from csa_tf.errors import CsaInputError
 from csa_tf.io.run_dir import RunDir
 from csa_tf.io.run_lock import RunLock
-from tests.helpers import (TINY_TRAIN_FLAGS, make_config, quiet, run_command,
-                           start_command)
+from tests.helpers import make_config, quiet
 
 HOST = socket.gethostname()
 STARTED = "2026-12-01 12:00:00 UTC"
@@ -257,34 +256,3 @@ def test_writers_of_a_busy_run_are_refused(tiny_prep, tmp_path, write):
   assert str(info.value) == _in_use(run.path, live)
   assert sorted(os.listdir(run.path)) == ["config.json", "lock.json"]
   assert _read_bytes(run.lock_path) == held
-
-
-@pytest.mark.integration
-def test_second_trainer_on_one_model_dir_exits_2_at_once(tiny_prep, tmp_path):
-  model_dir = tmp_path / "run"
-  flags = (f"--data_dir={tiny_prep.prep_dir}", f"--model_dir={model_dir}",
-           *TINY_TRAIN_FLAGS)
-  first = start_command("csa_tf.train", *flags)
-  try:
-    # The first holds the lock once its flags are checked (before TensorFlow loads).
-    lock_path = RunDir(str(model_dir)).lock_path
-    deadline = time.monotonic() + 30
-    while not os.path.exists(lock_path) and first.poll() is None:
-      assert time.monotonic() < deadline, "the first trainer never took the lock"
-      time.sleep(0.05)
-    started = time.monotonic()
-    second = run_command("csa_tf.train", *flags, expect=2, timeout=60)
-    second_seconds = time.monotonic() - started
-    assert first.poll() is None, "the first trainer ended before the second was refused"
-  finally:
-    out, err = first.communicate(timeout=120)
-  holder = f"pid {first.pid} on host {HOST} (csa_tf.train, started "
-  lines = second.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(f"error: {model_dir}: in use by {holder}")
-  assert second.stdout == ""
-  # Refused before TensorFlow loads: the interpreter and the flags only.
-  assert second_seconds < 10
-  assert first.returncode == 0, err[-2000:]
-  assert "finished step 2" in out
-  assert not os.path.exists(lock_path)
-  assert json.load(open(model_dir / "final_losses.json"))["step"] == 2

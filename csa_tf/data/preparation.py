@@ -124,6 +124,8 @@ class PrepWriter:
     self.overwrite = overwrite
     self._entries: List[dict] = []
     self._not_fitting: List[str] = []
+    # A replace killed half-way is undone before the folder is judged.
+    atomic.restore_interrupted_replace(self.output_dir)
     self._check_output_dir()
     self._staged = atomic.StagedFolder(self.output_dir)
     self.tmp_dir = self._staged.path

@@ -12,11 +12,16 @@ A rename within one file system is atomic on POSIX, which is why both temporarie
 beside their destination rather than in /tmp. On any error, KeyboardInterrupt included,
 the temporary is removed and whatever was at the destination before is left as it was.
 """
+import ctypes
 import csv
+import errno
+import glob
 import io
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -105,11 +110,15 @@ class StagedFolder:
   or, when the work is spread over several calls, `commit()` and `abort()` by hand.
 
   The staging folder is a hidden sibling (`.<name>.tmp-XXXX`) of the destination. On
-  commit an existing destination folder (empty or not) is first renamed aside
-  (`.<name>.old-XXXX`), the staging folder renamed onto the destination, and the old one
-  removed; if the second rename fails, the old folder is put back. On abort the staging
-  folder is removed, and so are the destination's parent folders this object made, when
-  they are still empty: a failed write leaves no trace.
+  commit an existing destination folder (empty or not) is swapped with the staging folder
+  in one atomic exchange (Linux renameat2 RENAME_EXCHANGE) and the old one, now at the
+  staging name, removed: kill -9 at any moment leaves the old folder or the new one in
+  place. Where the file system has no exchange, the old folder is first renamed aside
+  (`.<name>.old-XXXX`), then the staging folder onto the destination; a kill between the
+  two leaves no destination, and the next StagedFolder of that destination (or
+  `restore_interrupted_replace`) puts the old folder back. On abort the staging folder is
+  removed, and so are the destination's parent folders this object made, when they are
+  still empty: a failed write leaves no trace.
 
   Args:
     destination: the folder to create or replace. What may be replaced (only an older
@@ -125,6 +134,7 @@ class StagedFolder:
 
   def __init__(self, destination: str):
     self.destination = os.path.abspath(destination)
+    restore_interrupted_replace(self.destination)
     parent = os.path.dirname(self.destination)
     # The folders made here, innermost first: abort removes them again (when empty).
     self._made_dirs = []
@@ -147,6 +157,10 @@ class StagedFolder:
     if os.path.lexists(self.destination):
       if not os.path.isdir(self.destination) or os.path.islink(self.destination):
         raise NotADirectoryError(f"{self.destination}: exists and is not a folder")
+      if _exchange(self.path, self.destination):
+        shutil.rmtree(self.path, ignore_errors=True)  # Now the old folder.
+        self._done = True
+        return self.destination
       # A rename onto an existing empty folder replaces it (POSIX), so mkdtemp's fresh
       # folder is the unique name the old output moves to.
       old: Optional[str] = tempfile.mkdtemp(prefix=f".{self._name}.old-", dir=parent)
@@ -186,6 +200,76 @@ class StagedFolder:
     except BaseException:
       self.abort()
       raise
+
+
+# The hidden names of write_atomically's files and StagedFolder's folders (tempfile's
+# random part is 8 of [a-z0-9_]).
+_TEMPORARY_FILE = re.compile(r"\.tmp-[a-z0-9_]{8}-(.+)")
+_STAGED_FOLDER = re.compile(r"\.(.+)\.(?:tmp|old)-[a-z0-9_]{8}")
+
+
+def destination_of(path: str) -> str:
+  """The path a temporary of this module stands for: its hidden names -> final names.
+
+  An error while writing `/out/.prep.tmp-k2x9a7qd/volumes/.tmp-3jd8s0qa-a.npz` is about
+  `/out/prep/volumes/a.npz`, which is what a user knows; other paths are returned as
+  they are.
+  """
+  parts = path.split(os.sep)
+  for index, part in enumerate(parts):
+    match = _TEMPORARY_FILE.fullmatch(part) or _STAGED_FOLDER.fullmatch(part)
+    if match:
+      parts[index] = match.group(1)
+  return os.sep.join(parts)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(first: str, second: str) -> bool:
+  """Swaps two existing paths atomically; False where the system cannot (then nothing
+  has changed)."""
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+  except (AttributeError, OSError):
+    return False  # glibc older than 2.28
+  result = renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second),
+                     _RENAME_EXCHANGE)
+  if result == 0:
+    return True
+  code = ctypes.get_errno()
+  if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+    return False  # A file system without the exchange (some network mounts).
+  raise OSError(code, os.strerror(code), second)
+
+
+def restore_interrupted_replace(destination: str) -> Optional[str]:
+  """Repairs what a kill during StagedFolder's two-rename fallback left behind.
+
+  With the destination missing, its newest `.<name>.old-XXXX` sibling (the old folder
+  renamed aside) is renamed back. With the destination in place, such siblings are what
+  a kill between the second rename and the clean-up left: they are removed.
+
+  Returns:
+    The restored folder's path, or None when nothing was restored.
+  """
+  destination = os.path.abspath(destination)
+  parent, name = os.path.split(destination)
+  olds = sorted(glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.old-*")),
+                key=os.path.getctime)  # A rename sets ctime.
+  olds = [old for old in olds if os.path.isdir(old) and not os.path.islink(old)]
+  if not olds:
+    return None
+  restored = None
+  if not os.path.lexists(destination):
+    os.replace(olds.pop(), destination)
+    restored = destination
+  for old in olds:
+    shutil.rmtree(old, ignore_errors=True)
+  return restored
 
 
 def _mode_for(path: str, default: int = 0o666) -> int:

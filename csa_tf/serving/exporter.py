@@ -102,6 +102,8 @@ def export_run(model_dir: str, output_dir: str, *, overwrite: bool = False,
   config = run.config
   folders = {m: os.path.join(output_dir, m) for m in config.modalities}
   for folder in folders.values():
+    # A replace killed half-way is undone before the folder is judged.
+    atomic.restore_interrupted_replace(folder)
     if os.path.lexists(folder) and not overwrite:
       raise CsaInputError(f"{folder}: exists; pass {param('overwrite', True)} to "
                           "replace it")

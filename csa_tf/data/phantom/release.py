@@ -140,6 +140,7 @@ def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed:
   if not output_dir:
     raise CsaInputError(f"{param('output_dir')} is required")
   output_dir = os.path.abspath(output_dir)
+  atomic.restore_interrupted_replace(output_dir)  # Undo a replace killed half-way.
   _check_output_dir(output_dir, spec.name)
 
   staged = atomic.StagedFolder(output_dir)
