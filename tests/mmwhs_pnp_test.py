@@ -150,6 +150,9 @@ def test_splits_meta_and_summary(converted):
   assert {e.patient_id: e.num_slices for e in data.entries} == {
       "ct_pnp_train": 6, "mr_pnp_train": 6, "ct_1003": 4, "mr_1003": 4}
   assert "label 5 (ignore) voxels mapped to background" in summary
+  # No validation folder, no training slice equal to a test slice.
+  assert data.meta["left_out_of_training"] == []
+  assert "left out of training: none" in summary
 
 
 def test_modality_tokens():

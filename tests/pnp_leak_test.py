@@ -54,6 +54,16 @@ def test_index_tolerance_constant_slices_and_ties():
   assert LeakIndex({}).find(volume[1]) is None
 
 
+def test_validation_folders():
+  for path in ("ct_val_tfs/ct_val_slice1.tfrecords", "data/validation_B/image_01.tfrecords",
+               "mr/mr_valid_slice2.tfrecords"):
+    assert mmwhs_pnp.is_validation(path), path
+  for path in ("train&val/ct_train_tfs/ct_train_slice1.tfrecords",
+               "train_val/mr_train_tfs/mr_train_slice1.tfrecords", "interval_ct/s1.tfrecords",
+               "ct_values/s1.tfrecords"):
+    assert not mmwhs_pnp.is_validation(path), path
+
+
 # ---------------------------------------------------------------------------------------
 # NIfTI test volumes.
 # ---------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ The release (REFERENCE.md section 5), searched recursively under DIR:
     `data_vol`, `label_vol`: raw little-endian float32 arrays of dsize (image) and lsize
     (label), C order, normally 256x256x3 (three adjacent slices; the slice's own image and
     label are the middle channel). Labels: 0 background, 1 LVM, 2 LAC, 3 LVC, 4 AA,
-    5 ignore. Files whose path holds a `val`, `valid` or `validation` token (the
-    release's `ct_val_tfs/`, `mr_val_tfs/`) are validation slices.
+    5 ignore. Files whose name or own folder's name holds a `val`, `valid` or
+    `validation` token (the release's `ct_val_tfs/`, `mr_val_tfs/`) are validation
+    slices.
   * test volumes: `*.npz` with `arr_0` (image) and `arr_1` (label), 256x256xN, slices
     along axis 2, flipped on axes 0 and 1 relative to the TFRecords; or the NIfTI pairs
     `image_<ct|mr>_<id>.nii[.gz]` + `gth_<ct|mr>_<id>.nii[.gz]` in one folder, which
@@ -113,9 +114,11 @@ def modality_of(relative_path: str, shown_path: str = "") -> str:
 
 
 def is_validation(relative_path: str) -> bool:
-  """Whether a TFRecord's path below pnp_dir names a validation folder or file
-  (`ct_val_tfs/...`, `validation_A/...`): a `val`, `valid` or `validation` token."""
-  return bool(_VALIDATION_TOKEN.search(relative_path.replace(os.sep, "/").lower()))
+  """Whether a TFRecord is a validation slice: its own folder's name or its file name
+  holds a `val`, `valid` or `validation` token (`ct_val_tfs/...`, `validation_A/...`).
+  Folders further up are not read (the release unpacks into `train&val/`)."""
+  parts = relative_path.replace(os.sep, "/").lower().split("/")
+  return bool(_VALIDATION_TOKEN.search("/".join(parts[-2:])))
 
 
 def natural_key(text: str) -> Tuple:
@@ -248,10 +251,10 @@ class LeftOut:
     """The same, as summary lines."""
     rows = self.records()
     if not rows:
-      return ["left out of training: no slice (no validation folder; no training slice "
-              "equals a test slice)"]
+      return ["left out of training: none (no validation folder left out; no training "
+              "slice equals a test slice)"]
     lines = ["left out of training (the release's training folders hold its test "
-             "volumes, under names that cannot tell them apart):"]
+             "volumes):"]
     for row in rows:
       if "test_volumes" in row:
         volumes = ", ".join(f"{k} {v}" for k, v in row["test_volumes"].items())
