@@ -101,6 +101,145 @@ def make_mmwhs_release(root, num_patients=3, modalities=("ct", "mr"), shape=(32,
 
 
 # ---------------------------------------------------------------------------------------
+# The PnP-AdaNet/SIFA release (REFERENCE.md section 5).
+# ---------------------------------------------------------------------------------------
+PNP_SIZE = 256  # The release's slices are 256x256.
+
+
+def pnp_slice_example(image: np.ndarray, label: np.ndarray, *, dsize=None,
+                      lsize=None) -> bytes:
+  """A serialized tf.train.Example as in the release; dsize/lsize override the sizes."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only where used)
+
+  def int64(value):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+  def raw(array):
+    data = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))
+
+  dsize = image.shape if dsize is None else dsize
+  lsize = label.shape if lsize is None else lsize
+  feature = {f"dsize_dim{i}": int64(dsize[i]) for i in range(3)}
+  feature.update({f"lsize_dim{i}": int64(lsize[i]) for i in range(3)})
+  feature.update(data_vol=raw(image), label_vol=raw(label))
+  return tf.train.Example(
+      features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_pnp_record_file(path: str, *records: bytes) -> None:
+  """Writes a TFRecord file holding the records (the release has one per file)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with tf.io.TFRecordWriter(path) as writer:
+    for record in records:
+      writer.write(record)
+
+
+def _pnp_slice_record(path, images, labels, k):
+  """Writes slice k of [S, H, W] images/labels as a release record (channels k-1, k,
+  k+1, edges repeated)."""
+  channels = [max(k - 1, 0), k, min(k + 1, len(images) - 1)]
+  write_pnp_record_file(path, pnp_slice_example(
+      np.stack([images[c] for c in channels], -1).astype(np.float32),
+      np.stack([labels[c] for c in channels], -1).astype(np.float32)))
+
+
+# The planted copies of make_pnp_leak_release, per modality: (folder kind, test volume,
+# slice, how the copy is turned: ORIENTATIONS key of csa_tf.data.pnp_leak).
+PNP_LEAK_PLANTS = (
+    ("train", 0, 0, "as_tfrecords"), ("train", 0, 2, "as_tfrecords"),
+    ("train", 0, 3, "as_npz"), ("train", 1, 1, "transposed"),
+    ("train", 1, 2, "as_tfrecords_rounded"),
+    ("val", 0, 1, "as_tfrecords"), ("val", 1, 0, "as_npz"),
+)
+
+
+def make_pnp_leak_release(root, *, modalities=("ct", "mr"), own_train=4, own_val=2,
+                          test_slices=4, seed=0) -> dict:
+  """Writes a tiny PnP-AdaNet/SIFA release whose training folders hold test slices.
+
+  Per modality m: two test volumes of `test_slices` 256x256 slices, stored as the release
+  stores them (flipped on axes 0 and 1 relative to the TFRecords): an npz
+  `test_m/image_m_1003.npz` and a NIfTI pair `test_m_image&labels/image_m_1008.nii.gz` +
+  `gth_m_1008.nii.gz`. `m_train_tfs/` holds `own_train` slices of no test volume, a near
+  miss (a test slice with one pixel moved by 5% of its spread: a different slice) and the
+  train plants of PNP_LEAK_PLANTS; `m_val_tfs/` holds `own_val` slices and the val
+  plants. A plant is the test slice, in the TFRecords' orientation turned as its key
+  says ("as_tfrecords_rounded": plus a relative change of 1e-6, float rounding).
+  Records are numbered so that plants sit between own slices in natural order.
+
+  Returns:
+    {modality: dict(test={id: (image [S, H, W], label [S, H, W]) in the TFRecords'
+     orientation}, train_kept=[(image, label) middle channels, natural order], val_kept
+     likewise, planted={"train": n, "val": n}, folders={"train": ..., "val": ...})}.
+  """
+  from csa_tf.data.pnp_leak import ORIENTATIONS  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  size = PNP_SIZE
+  truth = {}
+
+  def random_slices(count):
+    images = (rng.normal(size=(count, size, size)) * 9 + 2).astype(np.float32)
+    labels = rng.integers(0, 5, size=(count, size, size)).astype(np.uint8)
+    return images, labels
+
+  for modality in modalities:
+    test = {}
+    for number in (1003, 1008):
+      images, labels = random_slices(test_slices)
+      test[f"{modality}_{number}"] = (images, labels)
+      # [S, H, W] in the TFRecords' orientation -> the release's [H, W, S], flipped.
+      stored_image = np.flip(np.moveaxis(images, 0, 2), axis=(0, 1))
+      stored_label = np.flip(np.moveaxis(labels, 0, 2), axis=(0, 1))
+      if number == 1003:
+        folder = os.path.join(root, f"test_{modality}")
+        os.makedirs(folder, exist_ok=True)
+        np.savez(os.path.join(folder, f"image_{modality}_{number}.npz"), stored_image,
+                 stored_label)
+      else:
+        folder = os.path.join(root, f"test_{modality}_image&labels")
+        write_nifti(os.path.join(folder, f"image_{modality}_{number}.nii.gz"),
+                    stored_image)
+        write_nifti(os.path.join(folder, f"gth_{modality}_{number}.nii.gz"),
+                    stored_label.astype(np.int16))
+    ids = sorted(test)
+    folders = {kind: os.path.join(root, f"{modality}_{kind}_tfs")
+               for kind in ("train", "val")}
+    entries = {"train": [], "val": []}  # (image [S,H,W] stack, labels, k, kept)
+    own = {"train": own_train, "val": own_val}
+    for kind in ("train", "val"):
+      images, labels = random_slices(own[kind])
+      entries[kind] += [(images, labels, k, True) for k in range(own[kind])]
+    near_image, near_label = test[ids[0]][0].copy(), test[ids[0]][1]
+    near_image[0, 100, 100] += 0.05 * near_image[0].std()
+    entries["train"].append((near_image, near_label, 0, True))
+    planted = {"train": 0, "val": 0}
+    for kind, volume, k, how in PNP_LEAK_PLANTS:
+      images, labels = test[ids[volume]]
+      turn = ORIENTATIONS[how.replace("_rounded", "")]
+      turned = np.stack([turn(s) for s in images])
+      if how.endswith("_rounded"):
+        turned = (turned.astype(np.float64) * (1 + 1e-6)).astype(np.float32)
+      entries[kind].insert(1 + 2 * planted[kind], (
+          turned, np.stack([turn(s) for s in labels]), k, False))
+      planted[kind] += 1
+    kept = {}
+    for kind in ("train", "val"):
+      kept[kind] = []
+      for number, (images, labels, k, keep) in enumerate(entries[kind]):
+        _pnp_slice_record(os.path.join(folders[kind],
+                                       f"{modality}_{kind}_slice{number}.tfrecords"),
+                          images, labels, k)
+        if keep:
+          kept[kind].append((images[k], labels[k]))
+    truth[modality] = dict(test=test, train_kept=kept["train"], val_kept=kept["val"],
+                           planted=planted, folders={k: os.path.relpath(v, root)
+                                                     for k, v in folders.items()})
+  return truth
+
+
+# ---------------------------------------------------------------------------------------
 # PREP folders, configs and runs.
 # ---------------------------------------------------------------------------------------
 def make_tiny_prep(root) -> str:

@@ -5,7 +5,6 @@ import os
 from absl.testing import flagsaver
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from csa_tf.data import prepared
 from csa_tf.cli import run_main
@@ -13,7 +12,8 @@ from csa_tf.errors import CsaInputError
 from csa_tf.data.slicing import zscore_slices
 from csa_tf.data import mmwhs_pnp
 from data_prep import mmwhs_pnp as pnp_command
-from tests.helpers import start_command
+from tests.helpers import pnp_slice_example as slice_example
+from tests.helpers import start_command, write_pnp_record_file as write_record_file
 
 SIZE = 256
 # Slice numbers whose natural order (1, 2, 9, 10, 11, 100) differs from lexical order.
@@ -24,32 +24,6 @@ NATURAL_ORDER = sorted(SLICE_NUMBERS)
 # ---------------------------------------------------------------------------------------
 # Writing the release format (test helpers only).
 # ---------------------------------------------------------------------------------------
-def slice_example(image: np.ndarray, label: np.ndarray, *, dsize=None,
-                  lsize=None) -> bytes:
-  """A serialized tf.train.Example as in the release; dsize/lsize override the sizes."""
-  def int64(value):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-
-  def raw(array):
-    data = np.ascontiguousarray(array, dtype="<f4").tobytes()
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))
-
-  dsize = image.shape if dsize is None else dsize
-  lsize = label.shape if lsize is None else lsize
-  feature = {f"dsize_dim{i}": int64(dsize[i]) for i in range(3)}
-  feature.update({f"lsize_dim{i}": int64(lsize[i]) for i in range(3)})
-  feature.update(data_vol=raw(image), label_vol=raw(label))
-  return tf.train.Example(
-      features=tf.train.Features(feature=feature)).SerializeToString()
-
-
-def write_record_file(path: str, *records: bytes) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with tf.io.TFRecordWriter(path) as writer:
-    for record in records:
-      writer.write(record)
-
-
 def write_pnp_example_files(pnp_dir: str, *, modalities=("ct", "mr"),
                             slice_numbers=SLICE_NUMBERS, test_slices: int = 4,
                             seed: int = 0) -> dict:
@@ -176,6 +150,9 @@ def test_splits_meta_and_summary(converted):
   assert {e.patient_id: e.num_slices for e in data.entries} == {
       "ct_pnp_train": 6, "mr_pnp_train": 6, "ct_1003": 4, "mr_1003": 4}
   assert "label 5 (ignore) voxels mapped to background" in summary
+  # No validation folder, no training slice equal to a test slice.
+  assert data.meta["left_out_of_training"] == []
+  assert "left out of training: none" in summary
 
 
 def test_modality_tokens():
@@ -264,7 +241,7 @@ def test_folders_are_checked(tmp_path):
     mmwhs_pnp.prepare_pnp(str(tmp_path / "missing"), str(tmp_path / "prep"))
   (tmp_path / "pnp").mkdir()
   (tmp_path / "pnp" / "notes_ct.txt").write_text("ignored")
-  (tmp_path / "pnp" / "gth_ct_1003.nii.gz").write_bytes(b"")
+  (tmp_path / "pnp" / "scan_ct_1003.nii.gz").write_bytes(b"")  # Not a test volume name.
   with pytest.raises(CsaInputError, match="no PnP-AdaNet/SIFA files"):
     mmwhs_pnp.prepare_pnp(str(tmp_path / "pnp"), str(tmp_path / "prep"))
   with pytest.raises(CsaInputError, match="lies inside pnp_dir="):
@@ -283,7 +260,7 @@ def test_existing_preparation_needs_overwrite(converted, tmp_path):
     mmwhs_pnp.prepare_pnp(pnp_dir, prep_dir)
   copy = str(tmp_path / "prep")
   assert "NIfTI" not in mmwhs_pnp.prepare_pnp(pnp_dir, copy)
-  open(os.path.join(pnp_dir, "test_mr", "gth_mr_1003.nii.gz"), "wb").close()
+  open(os.path.join(pnp_dir, "test_mr", "scan_mr_1003.nii.gz"), "wb").close()
   summary = mmwhs_pnp.prepare_pnp(pnp_dir, copy, overwrite=True)
   assert "1 NIfTI files under pnp_dir" in summary
   data = prepared.PreparedDataset.open(copy)

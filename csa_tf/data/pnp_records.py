@@ -1,7 +1,8 @@
 """Reads the PnP-AdaNet/SIFA MM-WHS release's files, checking each one.
 
 Training slices are TFRecord files of one `tf.train.Example` each; test volumes are npz
-files (the format: csa_tf.data.mmwhs_pnp's docstring, REFERENCE.md section 5). Every
+files, or the NIfTI pairs SIFA's own script turns into them (the format:
+csa_tf.data.mmwhs_pnp's docstring, REFERENCE.md section 5). Every
 reader raises CsaInputError naming the file at fault; arrays come back as stored, with
 the release's label values (0..5): mapping them to csa_tf's classes is the converter's.
 """
@@ -13,6 +14,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 from csa_tf.errors import CsaInputError
+from csa_tf.io import nifti
 
 SLICE_SIZE = 256
 IGNORE_LABEL = 5
@@ -202,6 +204,35 @@ def read_test_npz(path: str) -> Tuple[np.ndarray, np.ndarray]:
   _check_image(image, path)
   _check_labels(label, path)
   return image.astype(np.float32), label.astype(np.uint8)
+
+
+def read_test_nifti(image_path: str, label_path: str) -> Tuple[np.ndarray, np.ndarray]:
+  """Reads one NIfTI test volume (`image_<m>_<id>.nii.gz` + `gth_<m>_<id>.nii.gz`).
+
+  SIFA's utils/savenpz.py makes the release's npz files from these with medpy.io.load,
+  whose array is the NIfTI voxel array in index order (SimpleITK's array transposed), the
+  header's orientation not applied. nibabel's data array is the same, so the result
+  equals `read_test_npz` of the npz made from the pair: both [256, 256, N], flipped on
+  axes 0 and 1 relative to the TFRecords.
+
+  Returns:
+    (image float32, label uint8 release values), as `read_test_npz`.
+
+  Raises:
+    CsaInputError: a file is unreadable or not 3D NIfTI, shapes are wrong or differ,
+      the image is not finite, or labels are outside 0..5 (naming the file).
+  """
+  image = nifti.read_volume(image_path, kind="image").data
+  label = nifti.read_volume(label_path, kind="label").data
+  for path, array in ((image_path, image), (label_path, label)):
+    if array.shape[:2] != (SLICE_SIZE, SLICE_SIZE):
+      raise CsaInputError(f"{path}: shape {array.shape}; expected "
+                          f"{SLICE_SIZE}x{SLICE_SIZE}xN (a release test volume)")
+  if image.shape != label.shape:
+    raise CsaInputError(f"{label_path}: shape {label.shape} differs from that of its "
+                        f"image {image_path} {image.shape}")
+  _check_labels(label, label_path)
+  return image, label.astype(np.uint8)
 
 
 def _first_line(text: str) -> str:

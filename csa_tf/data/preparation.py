@@ -167,8 +167,18 @@ class PrepWriter:
     if not fits:
       self._not_fitting.append(f"{volume.modality}/{volume.patient_id}")
 
-  def commit(self, splits: Dict[str, List[str]], modalities: Sequence[str]) -> str:
-    """Writes meta, splits and summary, then moves the folder into place."""
+  def commit(self, splits: Dict[str, List[str]], modalities: Sequence[str], *,
+             notes: Sequence[str] = (), extra_meta: Optional[dict] = None) -> str:
+    """Writes meta, splits and summary, then moves the folder into place.
+
+    Args:
+      notes: lines added to the end of summary.txt (what a converter repaired or left
+        out, say).
+      extra_meta: more top-level entries of prep_meta.json (the same facts for tools).
+
+    Returns:
+      The summary text, as written to summary.txt.
+    """
     entries = sorted(self._entries, key=lambda e: (e["modality"], e["patient_id"]))
     meta = dict(
         format=prepared.FORMAT_NAME,
@@ -183,11 +193,13 @@ class PrepWriter:
         crop_does_not_enclose=self._not_fitting,
         volumes=entries,
     )
+    meta.update(extra_meta or {})
     atomic.write_json(os.path.join(self.tmp_dir, prepared.META_FILE), meta,
                       final_newline=False)
     atomic.write_json(os.path.join(self.tmp_dir, prepared.SPLITS_FILE), splits,
                       final_newline=False)
     summary = summary_text(self.spec, entries, splits, self.settings, self._not_fitting)
+    summary += "".join(line + "\n" for line in notes)
     atomic.write_text(os.path.join(self.tmp_dir, prepared.SUMMARY_FILE), summary)
     self._staged.commit()
     return summary
