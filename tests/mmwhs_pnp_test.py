@@ -108,6 +108,12 @@ def test_train_pseudo_volume_holds_middle_channels_in_natural_order(converted):
     expected_label = np.stack([mapped(label[..., 1]) for _, label in slices])
     assert volume.image.dtype == np.float32 and volume.label.dtype == np.uint8
     np.testing.assert_allclose(volume.image, expected_image, atol=1e-5)
+    # The records' side channels are each slice's neighbours (--input_slices=3).
+    for side, channel in enumerate((0, 2)):
+      np.testing.assert_allclose(
+          volume.neighbours[..., side],
+          zscore_slices(np.stack([image[..., channel] for image, _ in slices])), atol=1e-5)
+    np.testing.assert_allclose(volume.inputs(3)[..., 1], expected_image, atol=1e-5)
     np.testing.assert_array_equal(volume.label, expected_label)
     assert volume.label.max() == 4 and not (volume.label == 5).any()
     assert volume.geometry.original_shape == (SIZE, SIZE, len(SLICE_NUMBERS))

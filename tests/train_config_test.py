@@ -53,7 +53,7 @@ TODAYS_FLAGS = {
     "bn_recalibration_batches": (int, 20), "keep_checkpoints": (int, 3),
     "log_every": (int, 50), "image_summary_every": (int, 0), "strategy": ("enum", "default"),
     "dataset": ("enum", "mscmr"), "phantom_patients": (int, 8),
-    "phantom_scale": (float, 0.25), "crop_size": (int, 64),
+    "phantom_scale": (float, 0.25), "crop_size": (int, 64), "input_slices": (int, 1),
 }
 TODAYS_ENUMS = {
     "method": ["single", "ummkd", "joint", "msbn", "affinity", "csa"],
@@ -105,7 +105,8 @@ def test_every_declared_flag_has_its_declared_default_and_help():
       if name is None:
         continue
       # absl puts an enum's values in front: "<count|fraction|none>: S_c of Eq. 3 ...".
-      choices = f"<{'|'.join(decl.choices)}>: " if decl.choices else ""
+      enum = decl.choices and isinstance(decl.choices[0], str)
+      choices = f"<{'|'.join(decl.choices)}>: " if enum else ""
       assert values[name].help == choices + decl.help, name
       assert values[name].default == options.flag_default(section, field), name
       assert len(decl.help) > 10 and decl.help.endswith("."), name
@@ -116,7 +117,8 @@ def test_special_flags():
   # (dataset, classes, crop) are no TrainConfig flags; empty --modalities: the paper pair.
   assert options.flag_name(config_lib.TrainConfig, "lam") == "lambda"
   assert options.flag_name(config_lib.TrainConfig, "labelled_slices_only") == "all_slices"
-  for fact in ("dataset", "num_classes", "crop_size", "in_channels"):
+  assert options.flag_name(config_lib.TrainConfig, "in_channels") == "input_slices"
+  for fact in ("dataset", "num_classes", "crop_size"):
     assert options.flag_name(config_lib.TrainConfig, fact) is None
   config, _ = _config_from(["--lambda=0.25", "--all_slices", "--csa_pairs=g1:g2,g5:g6"])
   assert config.lam == 0.25 and config.labelled_slices_only is False

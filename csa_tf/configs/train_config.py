@@ -15,6 +15,10 @@ from csa_tf.configs import options
 from csa_tf.configs.options import ConfigError, option
 from csa_tf.configs.downsampling import size_problem
 
+# The network's input channels a run may ask for: the slice alone, or the slice between
+# its two neighbours (REFERENCE.md section 1: UMMKD stacked three adjacent slices).
+INPUT_SLICES = (1, 3)
+
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
@@ -129,8 +133,10 @@ class TrainConfig:
                            help="Slices per modality per step (paper: 8).")
   feature_base: int = option(16, check=options.positive_integer,
                              help="Channels of the first group (REFERENCE: 16).")
-  in_channels: int = option(1, check=options.positive_integer, flag=None,
-                            help="Input channels of the network (one slice).")
+  in_channels: int = option(
+      1, choices=INPUT_SLICES, flag="input_slices",
+      help="Slices fed to the network as channels: 1 (the slice), or 3 (the slice with "
+      "its two neighbours, UMMKD's input; edge slices repeat their neighbour).")
   dropout_rate: float = option(
       0.25, check=options.in_interval(0, 1, low_open=False, high_open=True),
       help="Dropout rate (paper's keep_prob 0.75).")

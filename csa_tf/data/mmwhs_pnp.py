@@ -279,19 +279,27 @@ def train_pseudo_volume(modality: str, paths: Sequence[str], pnp_dir: str,
     every slice was left out.
   """
   images = np.empty((len(paths), SLICE_SIZE, SLICE_SIZE), dtype=np.float32)
+  # Each record's own neighbours (its side channels, UMMKD's three-slice input): the
+  # slices of the pseudo-volume are not neighbours of one another.
+  neighbours = np.zeros((len(paths), SLICE_SIZE, SLICE_SIZE, 2), dtype=np.float32)
   labels = np.empty((len(paths), SLICE_SIZE, SLICE_SIZE), dtype=np.uint8)
   ignored = 0
   kept: List[str] = []
-  for index_in_paths, image, label in iter_slice_records(paths):
+  for index_in_paths, channels, label in iter_slice_records(paths, channels=True):
     path = paths[index_in_paths]
     folder = left_out.folder(path)
     left_out.in_folder[(modality, folder)] += 1
-    image = zscore_slices(image[None])[0]
+    middle = channels.shape[-1] // 2
+    # A one-channel record is its own neighbour either side.
+    sides = (max(middle - 1, 0), min(middle + 1, channels.shape[-1] - 1))
+    image = zscore_slices(channels[None, :, :, middle])[0]
     match = index.find(image)
     if match is not None:
       left_out.matches[(modality, folder)].append(match)
       continue
     images[len(kept)] = image
+    for side, channel in enumerate(sides):
+      neighbours[len(kept), :, :, side] = zscore_slices(channels[None, :, :, channel])[0]
     ignored += int((label == IGNORE_LABEL).sum())
     labels[len(kept)] = lookup[label]
     kept.append(path)
@@ -303,7 +311,8 @@ def train_pseudo_volume(modality: str, paths: Sequence[str], pnp_dir: str,
   volume = prepared.PreparedVolume(
       patient_id=f"{modality}_pnp_train", modality=modality, image=images[:len(kept)],
       label=labels[:len(kept)], geometry=geometry, spacing=(1.0, 1.0, 1.0),
-      affine=np.eye(4), source=f"{len(kept)} tfrecords in {', '.join(folders)}")
+      affine=np.eye(4), source=f"{len(kept)} tfrecords in {', '.join(folders)}",
+      neighbours=neighbours[:len(kept)])
   return volume, ignored
 
 

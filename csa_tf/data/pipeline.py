@@ -25,7 +25,7 @@ def modality_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
   """An endless stream of shuffled batches of one modality.
 
   Args:
-    images: slices [N, H, W] float32.
+    images: slices [N, H, W] float32, or network inputs [N, H, W, C].
     labels: class indices [N, H, W] (any integer dtype).
     batch_size: slices per batch.
     seed: the stream's seed; equal seeds give equal streams.
@@ -33,14 +33,17 @@ def modality_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
     augment: random flips and intensity jitter (not in the paper; off by default).
 
   Returns:
-    A dataset of (images [B, H, W, 1] float32, labels [B, H, W] int32).
+    A dataset of (images [B, H, W, C] float32 (C = 1 for [N, H, W] slices), labels
+    [B, H, W] int32).
 
   Raises:
     CsaInputError: no slices, or images and labels of different shapes.
   """
-  if images.shape != labels.shape or images.ndim != 3:
-    raise CsaInputError(f"images {images.shape} and labels {labels.shape} must both be "
-                        "[N, H, W]")
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.shape[:3] != labels.shape or images.ndim != 4:
+    raise CsaInputError(f"images {images.shape} and labels {labels.shape} must be "
+                        "[N, H, W(, C)] and [N, H, W]")
   num_slices = int(images.shape[0])
   if num_slices == 0:
     raise CsaInputError("no training slices")
@@ -49,7 +52,7 @@ def modality_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
   # Variables are captured by reference, so large datasets do not end up as constants
   # in the tf.data graph (which has a 2 GB limit).
   with tf.device("/cpu:0"):
-    image_store = tf.Variable(images[..., None].astype(np.float32), trainable=False)
+    image_store = tf.Variable(images.astype(np.float32), trainable=False)
     label_store = tf.Variable(labels.astype(np.uint8), trainable=False)
   epochs_spanned = batch_size // num_slices + 2
   seed = tf.constant(seed, tf.int64)
@@ -90,8 +93,8 @@ def _augment(images, labels, seed):
 
 def unpaired_batches(prepared: PreparedDataset, modalities: Sequence[str], *,
                      batch_size: int, seed: int, start_step: int = 0,
-                     augment: bool = False,
-                     labelled_only: bool = True) -> tf.data.Dataset:
+                     augment: bool = False, labelled_only: bool = True,
+                     input_slices: int = 1) -> tf.data.Dataset:
   """Zipped independent streams of the train split: {modality: (images, labels)}.
 
   Args:
@@ -102,14 +105,16 @@ def unpaired_batches(prepared: PreparedDataset, modalities: Sequence[str], *,
     start_step: the first step's index (resume).
     augment: see `modality_batches`.
     labelled_only: train on slices with some foreground only.
+    input_slices: channels per input, 1 or 3 (`PreparedVolume.inputs`).
 
   Returns:
-    A dataset whose elements are dicts modality -> (images [B, H, W, 1] float32,
-    labels [B, H, W] int32).
+    A dataset whose elements are dicts modality -> (images [B, H, W, input_slices]
+    float32, labels [B, H, W] int32).
   """
   streams = {}
   for index, modality in enumerate(modalities):
-    images, labels = prepared.train_slices(modality, labelled_only=labelled_only)
+    images, labels = prepared.train_slices(modality, labelled_only=labelled_only,
+                                           input_slices=input_slices)
     streams[modality] = modality_batches(
         images, labels, batch_size=batch_size,
         seed=seed + _MODALITY_SEED_STRIDE * (index + 1), start_step=start_step,

@@ -70,8 +70,13 @@ def _read_records(path: str) -> list:
                         f"({_first_line(error.message)})") from None
 
 
-def parse_slice_record(record, path: str) -> Tuple[np.ndarray, np.ndarray]:
-  """Decodes and checks one slice record (see `read_slice_record`)."""
+def parse_slice_record(record, path: str, *,
+                       channels: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+  """Decodes and checks one slice record (see `read_slice_record`).
+
+  With channels, the image is returned whole, [256, 256, C] float32 (the slice with
+  its (C - 1) / 2 neighbours either side), instead of its middle channel.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
     parsed = tf.io.parse_single_example(record, _slice_features())
@@ -89,7 +94,7 @@ def parse_slice_record(record, path: str) -> Tuple[np.ndarray, np.ndarray]:
           "slices with an odd channel count C (the slice is the middle channel)")
   _check_image(image, path)
   _check_labels(label, path)
-  return (np.array(image[:, :, dsize[2] // 2]),
+  return (np.array(image if channels else image[:, :, dsize[2] // 2]),
           label[:, :, lsize[2] // 2].astype(np.uint8))
 
 
@@ -116,8 +121,9 @@ def read_slice_record(path: str) -> Tuple[np.ndarray, np.ndarray]:
   return parse_slice_record(_one_record(_read_records(path), path), path)
 
 
-def iter_slice_records(paths: Sequence[str]):
-  """Yields (index, image, label) of each file in `paths`, in order.
+def iter_slice_records(paths: Sequence[str], *, channels: bool = False):
+  """Yields (index, image, label) of each file in `paths`, in order (the image's
+  channels all, with channels; see `parse_slice_record`).
 
   Reads all files through one tf.data pipeline (one TFRecordDataset per file costs
   ~20 ms; the pipeline about 1 ms a slice). When the pipeline fails, the files from the
@@ -145,7 +151,7 @@ def iter_slice_records(paths: Sequence[str]):
         _raise_for_file(paths[index])
       if index > expected:  # Files expected..index-1 hold no record.
         _raise_for_file(paths[expected])
-      yield (index,) + parse_slice_record(record, paths[index])
+      yield (index,) + parse_slice_record(record, paths[index], channels=channels)
       expected = index + 1
   except tf.errors.OpError as error:
     # The failing file is the last one reached (a bad second record) or a later one.

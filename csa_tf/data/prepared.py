@@ -22,6 +22,7 @@ from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError
 from csa_tf.data import slicing
 from csa_tf.data.slicing import VolumeGeometry
+from csa_tf.data.input_slices import stack_neighbours
 
 if TYPE_CHECKING:  # Only for the annotation: PREP readers need not load the config code.
   from csa_tf.configs.train_config import TrainConfig  # pylint: disable=g-bad-import-order
@@ -48,6 +49,9 @@ class PreparedVolume:
     spacing: the original voxel size in mm per original array axis.
     affine: the original 4x4 voxel-to-world matrix.
     source: the original image file name (no folder).
+    neighbours: [S, crop, crop, 2] float32, each slice's previous and next slice where
+      the release stores them with the slice (the PnP-AdaNet records' side channels),
+      z-scored like `image`; None where the neighbours are the volume's own slices.
   """
   patient_id: str
   modality: str
@@ -57,6 +61,11 @@ class PreparedVolume:
   spacing: Tuple[float, float, float]
   affine: np.ndarray
   source: str = ""
+  neighbours: Optional[np.ndarray] = None
+
+  def inputs(self, input_slices: int) -> np.ndarray:
+    """The network input of every slice: [S, crop, crop, input_slices] float32."""
+    return stack_neighbours(self.image, input_slices, self.neighbours)
 
   @property
   def original_label(self) -> np.ndarray:
@@ -112,6 +121,8 @@ def save_volume(path: str, volume: PreparedVolume) -> None:
       spacing=np.array(volume.spacing, dtype=np.float64),
       affine=np.asarray(volume.affine, dtype=np.float64),
       source=np.array(volume.source),
+      **({} if volume.neighbours is None
+         else dict(neighbours=volume.neighbours.astype(np.float32))),
   )
 
 
@@ -149,7 +160,16 @@ def load_volume(path: str) -> PreparedVolume:
       spacing=tuple(float(v) for v in arrays["spacing"]),
       affine=arrays["affine"],
       source=str(arrays.get("source", "")),
+      neighbours=_neighbours(arrays, image.shape, path),
   )
+
+
+def _neighbours(arrays: Dict[str, np.ndarray], shape, path: str) -> Optional[np.ndarray]:
+  neighbours = arrays.get("neighbours")
+  if neighbours is not None and neighbours.shape != tuple(shape) + (2,):
+    raise CsaInputError(f"{path}: not a prepared volume (neighbours {neighbours.shape}; "
+                        f"expected {tuple(shape) + (2,)})")
+  return neighbours
 
 
 def read_npz(path: str, *, what: str = "npz file") -> Dict[str, np.ndarray]:
@@ -327,17 +347,20 @@ class PreparedDataset:
   def load(self, entry: VolumeEntry) -> PreparedVolume:
     return load_volume(os.path.join(self.prep_dir, entry.file))
 
-  def train_slices(self, modality: str, *,
-                   labelled_only: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+  def train_slices(self, modality: str, *, labelled_only: bool = True,
+                   input_slices: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """All training slices of one modality, stacked.
 
     Args:
       modality: the modality key.
       labelled_only: keep only slices with some foreground (the default for training:
         the paper trains on annotated slices).
+      input_slices: None for the slices alone; 1 or 3 for the network's inputs, each
+        slice with its neighbours in its own volume (`PreparedVolume.inputs`).
 
     Returns:
-      (images [N, crop, crop] float32, labels [N, crop, crop] uint8).
+      (images [N, crop, crop] float32, or [N, crop, crop, input_slices] with
+      input_slices; labels [N, crop, crop] uint8).
 
     Raises:
       CsaInputError: the modality was not prepared or has no training slices.
@@ -350,7 +373,8 @@ class PreparedDataset:
       volume = self.load(entry)
       keep = (volume.label.reshape(len(volume.label), -1).max(axis=1) > 0
               if labelled_only else np.ones(len(volume.label), dtype=bool))
-      images.append(volume.image[keep])
+      images.append(volume.image[keep] if input_slices is None
+                    else volume.inputs(input_slices)[keep])
       labels.append(volume.label[keep])
     if not images or sum(len(x) for x in images) == 0:
       raise CsaInputError(f"{self.prep_dir}: no training slices for modality {modality!r}")

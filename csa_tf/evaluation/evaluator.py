@@ -57,7 +57,8 @@ def _evaluate(run: RunDir, prepared: PreparedDataset, *, split: str, batch_size:
       raise CsaInputError(f"{prepared.prep_dir}: no {split} volumes of {modality}")
     for index, entry in enumerate(entries, start=1):
       volume = prepared.load(entry)
-      predicted = volume.geometry.from_slices(segmenter.labels(volume.image, modality))
+      inputs = volume.inputs(config.in_channels)
+      predicted = volume.geometry.from_slices(segmenter.labels(inputs, modality))
       result = metrics.volume_metrics(predicted, volume.original_label,
                                       num_classes=spec.num_classes, spacing=volume.spacing)
       for class_index, values in result.items():

@@ -4,6 +4,7 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
+from csa_tf.data.input_slices import stack_neighbours
 from csa_tf.model.bundle import ModelBundle
 
 
@@ -27,14 +28,21 @@ class SliceSegmenter:
     return self._functions[modality]
 
   def probs(self, slices: np.ndarray, modality: str) -> np.ndarray:
-    """Softmax probabilities [S, H, W, C] of z-scored slices [S, H, W] (or [S,H,W,Cin])."""
+    """Softmax probabilities [S, H, W, C] of z-scored slices.
+
+    Args:
+      slices: [S, H, W], the consecutive slices of one volume (each gets its neighbours
+        as channels where the network takes three: input_slices.stack_neighbours), or
+        network inputs [S, H, W, in_channels].
+      modality: whose BN statistics to use.
+    """
     if slices.ndim == 3:
-      slices = slices[..., None]
+      slices = stack_neighbours(slices, self.bundle.networks[modality].in_channels)
     function = self._function(modality)
     out = [function(tf.constant(slices[i:i + self.batch_size], tf.float32)).numpy()
            for i in range(0, len(slices), self.batch_size)]
     return np.concatenate(out, axis=0)
 
   def labels(self, slices: np.ndarray, modality: str) -> np.ndarray:
-    """Class indices [S, H, W] uint8 of z-scored slices [S, H, W]."""
+    """Class indices [S, H, W] uint8 of z-scored slices (as for `probs`)."""
     return self.probs(slices, modality).argmax(axis=-1).astype(np.uint8)

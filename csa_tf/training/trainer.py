@@ -249,7 +249,8 @@ class Trainer:
       count = self.config.bn_recalibration_batches
       stream = data.unpaired_batches(
           self.prepared, self.config.modalities, batch_size=self.config.batch_size,
-          seed=self.config.seed + 1, labelled_only=self.config.labelled_slices_only)
+          seed=self.config.seed + 1, labelled_only=self.config.labelled_slices_only,
+          input_slices=self.config.in_channels)
       self._recalibration_batches = list(stream.take(count)) if count else []
     return self._recalibration_batches
 
@@ -288,7 +289,8 @@ class Trainer:
     return data.unpaired_batches(
         self.prepared, self.config.modalities, batch_size=self.config.batch_size,
         seed=self.config.seed, start_step=start_step, augment=self.config.augment,
-        labelled_only=self.config.labelled_slices_only)
+        labelled_only=self.config.labelled_slices_only,
+        input_slices=self.config.in_channels)
 
   def train(self) -> Dict[str, float]:
     """Runs (or resumes) training to config.train_steps; returns the last loss terms.

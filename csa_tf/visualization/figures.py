@@ -38,8 +38,15 @@ class _Run:
     """The restored networks (TensorFlow loads on first use)."""
     return self.run_dir.networks()
 
-  def labels(self, slices: np.ndarray, modality: str) -> np.ndarray:
-    return self.run_dir.segmenter().labels(slices, modality)
+  def inputs(self, neighbourhoods: np.ndarray) -> np.ndarray:
+    """This run's network inputs [N, H, W, in_channels] of choose_slices' [N, H, W, 3]."""
+    if self.config.in_channels == 1:
+      return neighbourhoods[..., 1:2]
+    return neighbourhoods
+
+  def labels(self, neighbourhoods: np.ndarray, modality: str) -> np.ndarray:
+    """Class indices [N, H, W] of choose_slices' slices [N, H, W, 3]."""
+    return self.run_dir.segmenter().labels(self.inputs(neighbourhoods), modality)
 
 
 def collect_runs(model_dir: str, compare_runs: Sequence[str] = (),
@@ -80,7 +87,8 @@ def collect_runs(model_dir: str, compare_runs: Sequence[str] = (),
 
 def choose_slices(prepared: PreparedDataset, modality: str, count: int, *,
                   split: str = "test") -> List[Tuple[str, np.ndarray, np.ndarray]]:
-  """(name, image [H, W], label [H, W]) of `count` annotated slices, largest first.
+  """(name, slice with its neighbours [H, W, 3], label [H, W]) of `count` annotated
+  slices, largest first (the slice itself is channel 1; see `_Run.inputs`).
 
   Volumes take turns (volume 1's largest slice, volume 2's largest, ...), so the rows
   show different patients when there are enough.
@@ -93,8 +101,9 @@ def choose_slices(prepared: PreparedDataset, modality: str, count: int, *,
     volume = prepared.load(entry)
     areas = (volume.label > 0).reshape(len(volume.label), -1).sum(axis=1)
     order = [int(i) for i in np.argsort(-areas, kind="stable") if areas[i] > 0]
-    per_volume.append([(f"{entry.patient_id} slice {i}", volume.image[i], volume.label[i])
-                       for i in order])
+    neighbourhoods = volume.inputs(3)
+    per_volume.append([(f"{entry.patient_id} slice {i}", neighbourhoods[i],
+                        volume.label[i]) for i in order])
   chosen = []
   for rank in range(max((len(v) for v in per_volume), default=0)):
     for slices in per_volume:
@@ -146,7 +155,8 @@ def segmentation_figure(runs: Sequence[_Run], prepared: PreparedDataset, modalit
   columns = ["Input", "Ground truth"] + [run.label for run in runs]
   fig, axes = plt.subplots(len(slices), len(columns), squeeze=False,
                            figsize=(2.1 * len(columns), 2.1 * len(slices) + 0.9))
-  for row, (name, image, label) in enumerate(slices):
+  for row, (name, neighbourhood, label) in enumerate(slices):
+    image = neighbourhood[..., 1]
     panels = [summary_images.overlay(image, None, spec.num_classes),
               summary_images.overlay(image, label, spec.num_classes)]
     panels += [summary_images.overlay(image, p[row], spec.num_classes)
@@ -184,12 +194,13 @@ def feature_map_figure(run: _Run, prepared: PreparedDataset, modality: str, path
   """Fig. 2: per class, the tap's channel most correlated with the class mask."""
   plt = _pyplot()
   spec = prepared.spec
-  name, image, label = choose_slices(prepared, modality, 1)[0]
+  name, neighbourhood, label = choose_slices(prepared, modality, 1)[0]
+  image = neighbourhood[..., 1]
   net = run.bundle.networks[modality]
   if tap not in net.FEATURE_NAMES:
     raise CsaInputError(f"{param('feature_tap', tap)}: expected one of "
                         f"{', '.join(net.FEATURE_NAMES)}")
-  _, taps = net.call_with_features(image[None, ..., None].astype(np.float32),
+  _, taps = net.call_with_features(run.inputs(neighbourhood[None]).astype(np.float32),
                                    modality=modality, training=False)
   features = np.asarray(taps[tap][0], np.float32)  # [h, w, channels]
   height, width = features.shape[:2]
@@ -244,7 +255,7 @@ def affinity_figure(run: _Run, prepared: PreparedDataset, path: str, *,
   matrices = {}
   for modality in config.modalities:
     chosen = choose_slices(prepared, modality, AFFINITY_SLICES)
-    images = np.stack([s[1] for s in chosen])[..., None].astype(np.float32)
+    images = run.inputs(np.stack([s[1] for s in chosen])).astype(np.float32)
     labels = np.stack([s[2] for s in chosen]).astype(np.int32)
     _, taps = run.bundle.networks[modality].call_with_features(
         images, modality=modality, training=False)
