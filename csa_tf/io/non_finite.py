@@ -16,6 +16,17 @@ REFUSE = "refuse"
 NON_FINITE_POLICIES = (REPAIR, REFUSE)
 # Above this fraction of a volume's voxels the file is corrupt, not slipped: refused.
 MAX_REPAIRED_FRACTION = 0.01
+# The preparation commands' --non_finite help.
+FLAG_HELP = ("NaN/Inf voxels: repair (images: the lowest finite value of the slice; "
+             "labels: background; reported per file; a file above 1% is refused) or "
+             "refuse any.")
+
+
+def check_policy(non_finite: str) -> None:
+  """Raises CsaInputError (naming the non_finite option) unless it is a known policy."""
+  if non_finite not in NON_FINITE_POLICIES:
+    raise CsaInputError(f"{param('non_finite', non_finite)}: expected one of "
+                        f"{', '.join(NON_FINITE_POLICIES)}")
 
 
 def repair_non_finite(data: np.ndarray, *, kind: str, slice_axis: int,
