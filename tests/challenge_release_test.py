@@ -154,7 +154,7 @@ def test_prepare_keeps_the_labelled_volumes_and_repairs_nan(challenge_copy, tmp_
 
 
 # Slow: two TensorFlow commands (126 s measured on the 2 shared cores at load ~5);
-# test_train_and_evaluate_in_process covers the same path in-process.
+# test_training_batches_and_evaluation_lists_on_the_copys_prep covers what they read.
 @pytest.mark.slow
 def test_commands_end_to_end(tmp_path):
   # The user's commands: phantom copy, preparation, the strict setting's refusal, a
@@ -191,18 +191,23 @@ def test_commands_end_to_end(tmp_path):
 
 
 @pytest.mark.integration
-def test_train_and_evaluate_in_process(challenge_copy, tmp_path):
-  # The default-run counterpart of test_commands_end_to_end (slow): two steps on the
-  # copy's PREP, where LGE has 2 patients and bSSFP 5, then its evaluation.
-  from csa_tf.evaluation.evaluator import evaluate_run  # pylint: disable=g-import-not-at-top
-  from tests.helpers import quiet, train_tiny_run  # pylint: disable=g-import-not-at-top
+def test_training_batches_and_evaluation_lists_on_the_copys_prep(challenge_copy,
+                                                                 tmp_path):
+  # The default-run part of test_commands_end_to_end (slow): what training and
+  # evaluation read from a PREP where LGE has 2 patients and bSSFP 5.
+  from csa_tf.data import pipeline  # pylint: disable=g-import-not-at-top
   raw, _, _ = challenge_copy
   prep = tmp_path / "prep"
   prepare_mscmr(str(raw), str(prep), modalities=["lge", "bssfp"], crop_size=32)
-  config = train_tiny_run(tmp_path / "run", prep, modalities=("lge", "bssfp"))
-  report = evaluate_run(config.model_dir, log=quiet)
-  tested = json.load(open(prep / "splits.json"))["test"]
-  assert report["patients"] == {
-      m: [p for p in sorted(tested) if int(p[len("patient"):]) in LABELLED[m]]
-      for m in ("lge", "bssfp")}
-  assert report["patients"]["lge"] and report["patients"]["bssfp"]
+  prepared = PreparedDataset.open(str(prep))
+  splits = json.load(open(prep / "splits.json"))
+  for split in ("train", "test"):
+    assert prepared.patients(split, ["lge", "bssfp"]) == {
+        m: [p for p in sorted(splits[split]) if int(p[len("patient"):]) in LABELLED[m]]
+        for m in ("lge", "bssfp")}
+  assert len(prepared.patients("test", ["lge"])["lge"]) == 1
+  batch, = pipeline.unpaired_batches(prepared, ["lge", "bssfp"], batch_size=2,
+                                     seed=0).take(1)
+  for modality in ("lge", "bssfp"):
+    images, labels = batch[modality]
+    assert images.shape == (2, 32, 32, 1) and labels.numpy().max() > 0
