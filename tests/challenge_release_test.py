@@ -153,7 +153,7 @@ def test_prepare_keeps_the_labelled_volumes_and_repairs_nan(challenge_copy, tmp_
                                           [1, 2, 3], 0))
 
 
-# Slow: two TensorFlow commands (126 s measured on the 2 shared cores at load ~5);
+# Slow: two TensorFlow commands (80-126 s measured on the 2 shared cores, load ~5);
 # test_training_batches_and_evaluation_lists_on_the_copys_prep covers what they read.
 @pytest.mark.slow
 def test_commands_end_to_end(tmp_path):
