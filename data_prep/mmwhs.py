@@ -1,7 +1,8 @@
 r"""Prepares MM-WHS 2017 for csa_tf (REFERENCE.md section 5; paper Sec. 3).
 
   python -m data_prep.mmwhs --raw_dir=RAW --output_dir=PREP \
-      [--modalities=ct,mr] [--crop_size=256] [--test_fraction=0.2] [--seed=0]
+      [--modalities=ct,mr] [--crop_size=256] [--test_fraction=0.2] [--seed=0] \
+      [--non_finite=repair|refuse]
 
 Finds `{ct,mr}_train_10xx_{image,label}.nii.gz` anywhere under RAW, reads each volume's
 orientation from its header (never from the array axes), takes coronal slices, crops them
@@ -14,6 +15,7 @@ from absl import flags
 from csa_tf import cli
 from csa_tf.configs import datasets
 from csa_tf.data.mmwhs import prepare_mmwhs
+from csa_tf.io import non_finite
 
 FLAGS = flags.FLAGS
 
@@ -28,13 +30,16 @@ def define_flags():
   flags.DEFINE_float("test_fraction", 0.2, "Fraction of each modality's patients in test.")
   flags.DEFINE_integer("seed", 0, "Seed of the patient-level split.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing preparation in --output_dir.")
+  flags.DEFINE_enum("non_finite", non_finite.REPAIR, list(non_finite.NON_FINITE_POLICIES),
+                    non_finite.FLAG_HELP)
 
 
 def main(argv):
   del argv
   summary = prepare_mmwhs(FLAGS.raw_dir, FLAGS.output_dir, modalities=FLAGS.modalities,
                           crop_size=FLAGS.crop_size, test_fraction=FLAGS.test_fraction,
-                          seed=FLAGS.seed, overwrite=FLAGS.overwrite)
+                          seed=FLAGS.seed, overwrite=FLAGS.overwrite,
+                          non_finite=FLAGS.non_finite)
   print(summary, end="")
   print(f"prepared data written to {FLAGS.output_dir}")
 

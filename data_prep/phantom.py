@@ -1,7 +1,7 @@
 r"""Synthetic cardiac phantoms in the MS-CMRSeg 2019 and MM-WHS 2017 release layouts.
 
   python -m data_prep.phantom --dataset=mscmr --output_dir=DIR [--num_patients=45] \
-      [--seed=0] [--scale=1.0] [--modalities=lge,bssfp,t2]
+      [--seed=0] [--scale=1.0] [--modalities=lge,bssfp,t2] [--release=full|challenge]
   python -m data_prep.phantom --dataset=mmwhs --output_dir=DIR [--num_patients=20] \
       [--seed=0] [--scale=1.0] [--modalities=ct,mr]
 
@@ -12,6 +12,13 @@ values and typical voxel grids (REFERENCE.md section 5).
   mscmr: DIR/images/patientN_{C0,LGE,T2}.nii.gz and
          DIR/labels/{C0,LGE,T2}/patientN_{C0,LGE,T2}_manual.nii.gz (N = 1..num_patients);
          short-axis stacks along array axis 2; labels 500 LV, 200 myo, 600 RV.
+  mscmr --release=challenge: the challenge copy,
+         DIR/C0LET2_nii45_for_challenge19/c0t2lge/patientN_{C0,LGE,T2}.nii.gz and
+         DIR/C0LET2_nii45_for_challenge19/{c0gt,lgegt,t2gt}/patientN_{TAG}_manual.nii.gz
+         for the first 35 (C0, T2) and 5 (LGE) of 45 patients (scaled to
+         --num_patients, at least 2), NaN voxels in T2 images and in some T2 labels,
+         stray labelled voxels at an image corner in some C0 and T2 labels
+         (csa_tf/data/phantom/challenge.py says which).
   mmwhs: DIR/{ct,mr}_train/{ct,mr}_train_NNNN_{image,label}.nii.gz (NNNN = 1001..);
          3D labels 205, 420, 500, 550, 600, 820, 850 (and a few stray 421 in
          mr_train_1010, as in the release).
@@ -21,7 +28,7 @@ How they are drawn (unpaired anatomy, orientation, appearance): csa_tf/data/phan
 from absl import flags
 
 from csa_tf import cli
-from csa_tf.data.phantom import RELEASE_PATIENTS, generate_phantoms
+from csa_tf.data.phantom import RELEASE_PATIENTS, RELEASES, generate_phantoms
 from csa_tf.configs import datasets
 
 FLAGS = flags.FLAGS
@@ -39,6 +46,10 @@ def define_flags():
                      "over the same anatomy (e.g. 0.25 for a CPU demo).")
   flags.DEFINE_list("modalities", None, "Modalities to write (mscmr: lge, bssfp (C0), t2; "
                     "mmwhs: ct, mr); default all.")
+  flags.DEFINE_enum("release", "full", list(RELEASES), "Copy of the release to imitate: "
+                    "full (every volume labelled) or, for mscmr, challenge (the "
+                    "challenge copy: its folders, labels for some patients only, NaN and "
+                    "stray voxels).")
 
 
 def main(argv):
@@ -49,7 +60,7 @@ def main(argv):
     num_patients = RELEASE_PATIENTS[spec.name]
   written = generate_phantoms(spec.name, FLAGS.output_dir, num_patients=num_patients,
                               seed=FLAGS.seed, scale=FLAGS.scale,
-                              modalities=FLAGS.modalities)
+                              modalities=FLAGS.modalities, release=FLAGS.release)
   print(f"wrote {len(written)} files of a {spec.name} phantom to {FLAGS.output_dir}")
 
 

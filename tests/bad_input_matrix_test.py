@@ -176,6 +176,13 @@ def _with_value(shape, value, dtype=np.float32):
   return data
 
 
+def _with_non_finite(shape, count):
+  """Random image data whose first `count` voxels (in C order) are NaN."""
+  data = np.random.default_rng(1).normal(100, 10, shape).astype(np.float32)
+  data.reshape(-1)[:count] = np.nan
+  return data
+
+
 SHAPE = (40, 48, 5)
 
 # name -> (break the release under raw; return (path or word the line names, problem)).
@@ -207,6 +214,14 @@ MSCMR_CASES = {
     "inf_voxel": lambda raw: (
         write_nifti(_image(raw), _with_value(SHAPE, np.inf)),
         (_image(raw), "non-finite"))[1],
+    # 1% of 40 * 48 * 5 = 9600 voxels is 96: a repair may not touch 97.
+    "nan_voxels_over_one_percent": lambda raw: (
+        write_nifti(_image(raw), _with_non_finite(SHAPE, 97)),
+        (_image(raw), "97 of 9600 voxels (1.01%) are non-finite (NaN/Inf), more than "
+                      "1%: refused as corrupt"))[1],
+    "modality_without_any_label": lambda raw: (
+        shutil.rmtree(os.path.join(raw, "labels", "LGE")),
+        (raw, "none of the 2 lge (LGE) images has its label"))[1],
     "all_zero_image": lambda raw: (
         write_nifti(_image(raw), np.zeros(SHAPE, np.float32)),
         (_image(raw), "image is constant (every voxel is 0)"))[1],
@@ -225,14 +240,23 @@ MSCMR_CASES = {
 }
 
 
+# Errors under the strict settings only (--require_labels --non_finite=refuse): by
+# default such an image is left out, a patient keeps its other modalities, a few
+# non-finite voxels are repaired.
+MSCMR_STRICT_CASES = ("image_without_label", "missing_modality_of_a_patient",
+                      "nan_voxel", "inf_voxel")
+
+
 @pytest.mark.parametrize("case", sorted(MSCMR_CASES))
 def test_mscmr_prep(tmp_path, capsys, case):
   raw = make_mscmr_release(tmp_path / "raw", num_patients=2, shape=SHAPE)
   named, problem = MSCMR_CASES[case](raw)
   before = snapshot(raw)
   out = tmp_path / "out" / "prep"
+  strict = (dict(require_labels=True, non_finite="refuse")
+            if case in MSCMR_STRICT_CASES else {})
   line = error_line_in_process(
-      capsys, lambda: prepare_mscmr(raw, str(out), crop_size=CROP))
+      capsys, lambda: prepare_mscmr(raw, str(out), crop_size=CROP, **strict))
   assert_names(line, named, problem)
   assert not (tmp_path / "out").exists()
   assert snapshot(raw) == before
@@ -530,7 +554,8 @@ PREDICT_CASES = {
     "truncated_nii_gz": lambda d: (_truncated_scan(d), "truncated or corrupt gzip"),
     "not_nifti_named_nii_gz": lambda d: (_text_scan(d), "not a NIfTI file"),
     "image_4d": lambda d: (_scan(d, np.ones(SHAPE + (3,))), "expected a 3D volume"),
-    "nan_voxel": lambda d: (_scan(d, _with_value(SHAPE, np.nan)), "non-finite"),
+    "nan_voxels_over_one_percent": lambda d: (_scan(d, _with_non_finite(SHAPE, 97)),
+                                              "97 of 9600 voxels (1.01%) are non-finite"),
     "all_zero_image": lambda d: (_scan(d, np.zeros(SHAPE)), "image is constant"),
 }
 
@@ -543,6 +568,17 @@ def test_predict_bad_input_file(world, tmp_path, capsys, case):
       world["run"], "lge", source, str(out), log=lambda _: None))
   assert_names(line, source, problem)
   assert not (tmp_path / "out").exists()
+
+
+def test_predict_repairs_a_few_non_finite_voxels(world, tmp_path):
+  # One NaN of 9600 voxels: repaired as in preparation and reported, not refused.
+  source = _scan(str(tmp_path / "in"), _with_value(SHAPE, np.nan))
+  out = tmp_path / "out" / "seg.nii.gz"
+  lines = []
+  predict.predict_files(world["run"], "lge", source, str(out), log=lines.append)
+  assert len(lines) == 1 and lines[0].endswith(
+      "; 1 non-finite (NaN/Inf) input voxels repaired)")
+  assert nib.load(str(out)).shape == SHAPE
 
 
 def test_predict_folder_with_one_bad_file_writes_nothing(world, tmp_path, capsys):

@@ -1,5 +1,7 @@
 """Tests for csa_tf.data.phantom: release layouts, labels, geometry, anatomy, seeds."""
 import dataclasses
+import gzip
+import hashlib
 import json
 import os
 
@@ -269,6 +271,26 @@ def test_same_seed_same_arrays_other_seed_differs(tmp_path):
   assert all(np.array_equal(a, b) for a, b in zip(first, second))
 
 
+# The digest of a 2-patient full-release set (seed 4, scale 0.1, all modalities) as
+# data_prep.phantom wrote it before --release existed: sha256 over each file's relative
+# path, a NUL byte and its uncompressed bytes, in sorted order (the marker included).
+FULL_RELEASE_DIGEST = "db6739c9cda38338192e80e6d74ee61a062611e34583e689cc5a4be3d7da31a4"
+
+
+def test_full_release_is_byte_identical_to_before(tmp_path):
+  out = tmp_path / "full"
+  _generate("mscmr", out, num_patients=2, seed=4, scale=0.1, release="full")
+  digest = hashlib.sha256()
+  for root, dirs, files in sorted(os.walk(out)):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      payload = open(path, "rb").read()
+      digest.update(os.path.relpath(path, out).encode() + b"\0" + (
+          gzip.decompress(payload) if name.endswith(".gz") else payload))
+  assert digest.hexdigest() == FULL_RELEASE_DIGEST
+
+
 def test_refuses_to_overwrite_what_it_did_not_write(tmp_path):
   foreign = tmp_path / "foreign"
   foreign.mkdir()
@@ -336,6 +358,9 @@ def test_an_error_leaves_no_partial_output(tmp_path, monkeypatch):
     (dict(modalities=["lge", "LGE"]), "list each modality once"),
     (dict(modalities=[]), "list each modality once"),
     (dict(dataset="acdc"), "unknown dataset 'acdc'"),
+    (dict(release="beta"), "^release=beta: expected full or challenge for mscmr"),
+    (dict(dataset="mmwhs", release="challenge"), "^release=challenge: expected full for "
+                                                 "mmwhs"),
 ])
 def test_bad_arguments(tmp_path, kwargs, message):
   kwargs = dict(dict(dataset="mscmr", num_patients=1, scale=0.1), **kwargs)

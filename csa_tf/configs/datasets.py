@@ -69,6 +69,33 @@ MMWHS = DatasetSpec(
 # MS-CMRSeg's file-name tag of each modality (C0 is the bSSFP cine sequence).
 MSCMR_SEQUENCE_TAGS = {"lge": "LGE", "bssfp": "C0", "t2": "T2"}
 
+@dataclasses.dataclass(frozen=True)
+class MscmrChallengeCopy:
+  """MS-CMRSeg 2019 as released for the challenge (REFERENCE.md section 5b).
+
+  Attributes:
+    root: the release's top folder.
+    image_folder: the folder of every patient's images patientN_{C0,LGE,T2}.nii.gz.
+    label_folders: {modality: the folder of its patientN_<TAG>_manual.nii.gz labels}.
+    num_patients: patients 1..num_patients have images.
+    labelled_patients: {modality: patients 1..N of it have labels} (the others were
+      the challenge's test set).
+  """
+  root: str
+  image_folder: str
+  label_folders: Dict[str, str]
+  num_patients: int
+  labelled_patients: Dict[str, int]
+
+
+MSCMR_CHALLENGE = MscmrChallengeCopy(
+    root="C0LET2_nii45_for_challenge19",
+    image_folder="c0t2lge",
+    label_folders={"lge": "lgegt", "bssfp": "c0gt", "t2": "t2gt"},
+    num_patients=45,
+    labelled_patients={"lge": 5, "bssfp": 35, "t2": 35},
+)
+
 _SPECS = {spec.name: spec for spec in (MSCMR, MMWHS)}
 # The supported datasets' names, e.g. the choices of a --dataset flag.
 DATASETS = tuple(_SPECS)

@@ -57,13 +57,18 @@ def check_modalities(modalities: Sequence[str], allowed: Sequence[str],
 
 def check_pairs(images: Dict[Hashable, str], labels: Dict[Hashable, str], *,
                 image_name: Callable[[Hashable], str],
-                label_name: Callable[[Hashable], str], label_word: str = "label") -> None:
-  """Checks that every image has its label and every label its image.
+                label_name: Callable[[Hashable], str], label_word: str = "label",
+                require_labels: bool = True) -> List[Hashable]:
+  """Checks that every label has its image and, if required, every image its label.
 
   Args:
     images, labels: paths keyed alike (e.g. by (patient, modality)).
     image_name, label_name: the expected file name of a key's image / label.
     label_word: what the release calls a label ("manual label" for MS-CMRSeg).
+    require_labels: an image without its label is an error; otherwise it is returned.
+
+  Returns:
+    The sorted keys of the images without a label (empty when labels are required).
 
   Raises:
     CsaInputError: naming the unmatched file and the file it lacks.
@@ -71,7 +76,9 @@ def check_pairs(images: Dict[Hashable, str], labels: Dict[Hashable, str], *,
   for key, path in sorted(labels.items()):
     if key not in images:
       raise CsaInputError(f"{path}: label without its image {image_name(key)}")
-  for key, path in sorted(images.items()):
-    if key not in labels:
-      raise CsaInputError(f"{path}: no {label_word} found for this image "
-                          f"(expected {label_name(key)})")
+  unlabelled = sorted(key for key in images if key not in labels)
+  if require_labels and unlabelled:
+    key = unlabelled[0]
+    raise CsaInputError(f"{images[key]}: no {label_word} found for this image "
+                        f"(expected {label_name(key)})")
+  return unlabelled

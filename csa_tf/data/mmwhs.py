@@ -10,8 +10,9 @@ import re
 
 from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError
+from csa_tf.io import non_finite as non_finite_lib
 from csa_tf.io.nifti import read_volume
-from csa_tf.data.slicing import header_ornt
+from csa_tf.data.slicing import header_ornt, ornt_slice_axis
 from csa_tf.data import discovery
 from csa_tf.data import preparation
 
@@ -22,8 +23,13 @@ _FILE_PATTERN = re.compile(r"(ct|mr)_train_(\d+)_(image|label)\.nii(?:\.gz)?")
 
 def prepare_mmwhs(raw_dir: str, output_dir: str, *,
                   modalities=datasets.MMWHS.paper_modalities, crop_size: int = 256,
-                  test_fraction: float = 0.2, seed: int = 0, overwrite: bool = False) -> str:
+                  test_fraction: float = 0.2, seed: int = 0, overwrite: bool = False,
+                  non_finite: str = non_finite_lib.REPAIR) -> str:
   """Prepares the release under raw_dir into output_dir; returns the summary text.
+
+  Args:
+    non_finite: "repair" (up to 1% of a file's voxels, images along their coronal
+      slices; reported per file) or "refuse" NaN/Inf voxels (csa_tf/io/non_finite.py).
 
   Raises:
     CsaInputError: bad settings, no matching files, an image without its label (or the
@@ -32,6 +38,7 @@ def prepare_mmwhs(raw_dir: str, output_dir: str, *,
   spec = datasets.MMWHS
   preparation.check_common_flags(crop_size, test_fraction, raw_dir, output_dir)
   modalities = discovery.check_modalities(modalities, spec.modalities, "MM-WHS")
+  non_finite_lib.check_policy(non_finite)
   found = discovery.find_files(raw_dir, _FILE_PATTERN)
   images = {(m, n): p for (m, n, kind), p in found.items()
             if kind == "image" and m in modalities}
@@ -49,8 +56,9 @@ def prepare_mmwhs(raw_dir: str, output_dir: str, *,
       raise CsaInputError(f"{raw_dir}: no {modality} training volumes found")
 
   def load(modality, number):
-    image = read_volume(images[(modality, number)], kind="image")
-    label = read_volume(labels[(modality, number)], kind="label")
+    image = read_volume(images[(modality, number)], kind="image", non_finite=non_finite,
+                        slice_axis=lambda affine: ornt_slice_axis(header_ornt(affine)))
+    label = read_volume(labels[(modality, number)], kind="label", non_finite=non_finite)
     preparation.check_same_grid(image, label)
     return image, label, modality, f"{modality}_train_{number}", header_ornt(image.affine)
 
@@ -58,7 +66,8 @@ def prepare_mmwhs(raw_dir: str, output_dir: str, *,
   jobs = [functools.partial(load, m, n) for m, n in keys]
   groups = [[f"{m}_train_{n}" for m, n in keys if m == modality] for modality in modalities]
   settings = dict(crop_size=crop_size, test_fraction=test_fraction, seed=seed,
-                  raw_dir=raw_dir, modalities=modalities, plane="coronal")
+                  raw_dir=raw_dir, modalities=modalities, plane="coronal",
+                  non_finite=non_finite)
   return preparation.run_preparation(output_dir, spec=spec, settings=settings,
                                      overwrite=overwrite, jobs=jobs,
                                      modalities=modalities, split_groups=groups)

@@ -124,6 +124,7 @@ class PrepWriter:
     self.overwrite = overwrite
     self._entries: List[dict] = []
     self._not_fitting: List[str] = []
+    self._repaired: List[dict] = []
     # A replace killed half-way is undone before the folder is judged.
     atomic.restore_interrupted_replace(self.output_dir)
     self._check_output_dir()
@@ -157,7 +158,11 @@ class PrepWriter:
         f"{self.output_dir}: already holds a preparation ({meta_path}); pass "
         f"{param('overwrite', True)} to replace it or choose another {param('output_dir')}")
 
-  def add(self, volume: prepared.PreparedVolume, fits: bool) -> None:
+  def add(self, volume: prepared.PreparedVolume, fits: bool, *,
+          non_finite: Sequence[dict] = ()) -> None:
+    """Saves one volume; non_finite lists its files' repaired NaN/Inf voxels
+    (`repaired_files`), recorded in prep_meta.json and summary.txt."""
+    self._repaired += list(non_finite)
     relative = prepared.volume_filename(volume.modality, volume.patient_id)
     prepared.save_volume(os.path.join(self.tmp_dir, relative), volume)
     labelled = int((volume.label.reshape(len(volume.label), -1).max(axis=1) > 0).sum())
@@ -168,10 +173,16 @@ class PrepWriter:
       self._not_fitting.append(f"{volume.modality}/{volume.patient_id}")
 
   def commit(self, splits: Dict[str, List[str]], modalities: Sequence[str], *,
+             unlabelled: Sequence[dict] = (), warnings: Sequence[str] = (),
              notes: Sequence[str] = (), extra_meta: Optional[dict] = None) -> str:
     """Writes meta, splits and summary, then moves the folder into place.
 
     Args:
+      splits: {"train": ids, "test": ids}.
+      modalities: the prepared modalities.
+      unlabelled: {patient_id, modality, file} of each image left out for want of its
+        label (file relative to the raw folder).
+      warnings: lines for people (e.g. a modality with too few test patients).
       notes: lines added to the end of summary.txt (what a converter repaired or left
         out, say).
       extra_meta: more top-level entries of prep_meta.json (the same facts for tools).
@@ -191,6 +202,9 @@ class PrepWriter:
         settings=self.settings,
         csa_tf_version=csa_tf.__version__,
         crop_does_not_enclose=self._not_fitting,
+        unlabelled=list(unlabelled),
+        non_finite_repaired=sorted(self._repaired, key=lambda r: r["file"]),
+        warnings=list(warnings),
         volumes=entries,
     )
     meta.update(extra_meta or {})
@@ -198,7 +212,9 @@ class PrepWriter:
                       final_newline=False)
     atomic.write_json(os.path.join(self.tmp_dir, prepared.SPLITS_FILE), splits,
                       final_newline=False)
-    summary = summary_text(self.spec, entries, splits, self.settings, self._not_fitting)
+    summary = summary_text(self.spec, entries, splits, self.settings, self._not_fitting,
+                           unlabelled=unlabelled, repaired=meta["non_finite_repaired"],
+                           warnings=warnings)
     summary += "".join(line + "\n" for line in notes)
     atomic.write_text(os.path.join(self.tmp_dir, prepared.SUMMARY_FILE), summary)
     self._staged.commit()
@@ -210,7 +226,9 @@ class PrepWriter:
 
 
 def summary_text(spec: DatasetSpec, entries: List[dict], splits: Dict[str, List[str]],
-                 settings: dict, not_fitting: List[str]) -> str:
+                 settings: dict, not_fitting: List[str], *,
+                 unlabelled: Sequence[dict] = (), repaired: Sequence[dict] = (),
+                 warnings: Sequence[str] = ()) -> str:
   lines = [f"csa_tf preparation of {spec.name} (crop {settings['crop_size']}, "
            f"seed {settings['seed']}, test fraction {settings['test_fraction']})",
            f"{'modality':<8} {'split':<6} {'volumes':>7} {'slices':>7} {'labelled':>8}"]
@@ -225,45 +243,81 @@ def summary_text(spec: DatasetSpec, entries: List[dict], splits: Dict[str, List[
   if not_fitting:
     lines.append("annotation wider than the crop box (cut symmetrically): "
                  + ", ".join(not_fitting))
+  if unlabelled:
+    lines.append(f"images without their label, left out of training and evaluation "
+                 f"({len(unlabelled)}):")
+    for modality in sorted({u["modality"] for u in unlabelled}):
+      ids = [u["patient_id"] for u in unlabelled if u["modality"] == modality]
+      lines.append(f"  {modality} ({len(ids)}): {', '.join(ids)}")
+  if repaired:
+    lines.append("non-finite (NaN/Inf) voxels repaired (image: the lowest finite value "
+                 "of its slice; label: background):")
+    lines += [f"  {r['file']}: {r['voxels']} of {r['total_voxels']} voxels "
+              f"({100 * r['voxels'] / r['total_voxels']:.2f}%)" for r in repaired]
+  lines += list(warnings)
   return "\n".join(lines) + "\n"
+
+
+def repaired_files(image: Volume, label: Volume, raw_dir: str) -> List[dict]:
+  """{file (relative to raw_dir), kind, voxels, total_voxels} of the pair's files read
+  with repaired NaN/Inf voxels (`Volume.non_finite_repaired`)."""
+  return [dict(file=os.path.relpath(v.path, raw_dir) if raw_dir else v.path, kind=kind,
+               voxels=int(v.non_finite_repaired), total_voxels=int(v.data.size))
+          for v, kind in ((image, "image"), (label, "label")) if v.non_finite_repaired]
 
 
 def run_preparation(output_dir: str, *, spec: DatasetSpec, settings: dict,
                     overwrite: bool, jobs, modalities: Sequence[str],
                     split_ids: Optional[Dict[str, List[str]]] = None,
-                    split_groups: Optional[List[List[str]]] = None) -> str:
+                    split_groups: Optional[List[List[str]]] = None,
+                    unlabelled: Sequence[dict] = ()) -> str:
   """Prepares every (image, label, modality, patient_id, ornt) job and writes PREP.
 
   Args:
     jobs: iterable of callables returning (image Volume, label Volume, modality,
       patient_id, ornt); loading lazily keeps one volume in memory at a time.
     split_groups: lists of patient ids split independently (MM-WHS splits CT and MR
-      patients separately, since they are different people); default one group.
+      patients separately, since they are different people); default: groups of the
+      patients with the same prepared modalities (`split_by_labelled_modalities`; one
+      group when every patient has every modality).
+    unlabelled: the images left out for want of a label (`PrepWriter.commit`).
 
   Returns:
     The summary text.
   """
   writer = PrepWriter(output_dir, spec=spec, settings=settings, overwrite=overwrite)
   try:
-    ids = []
+    modalities_of: Dict[str, List[str]] = {}
     for index, job in enumerate(jobs, start=1):
       image, label, modality, patient_id, ornt = job()
       volume, fits = prepare_volume(image, label, spec=spec, modality=modality,
                                     patient_id=patient_id, ornt=ornt,
                                     crop_size=settings["crop_size"])
-      writer.add(volume, fits)
-      ids.append(patient_id)
+      repaired = repaired_files(image, label, settings.get("raw_dir", ""))
+      writer.add(volume, fits, non_finite=repaired)
+      modalities_of.setdefault(patient_id, []).append(modality)
       print(f"[{index}/{len(jobs)}] {modality} {patient_id}: {len(volume.label)} slices"
-            + ("" if fits else " (annotation wider than the crop box)"), flush=True)
+            + ("" if fits else " (annotation wider than the crop box)")
+            + "".join(f"; {r['voxels']} non-finite voxels repaired in "
+                      f"{os.path.basename(r['file'])}" for r in repaired), flush=True)
+    warnings: List[str] = []
     if split_ids is None:
-      groups = split_groups or [ids]
-      split_ids = {"train": [], "test": []}
-      for group in groups:
-        part = prepared.seeded_patient_split(group, test_fraction=settings["test_fraction"],
-                                             seed=settings["seed"])
-        split_ids["train"] += part["train"]
-        split_ids["test"] += part["test"]
-    return writer.commit(split_ids, modalities)
+      fraction, seed = settings["test_fraction"], settings["seed"]
+      if split_groups:
+        split_ids = {"train": [], "test": []}
+        for group in split_groups:
+          part = prepared.seeded_patient_split(group, test_fraction=fraction, seed=seed)
+          split_ids["train"] += part["train"]
+          split_ids["test"] += part["test"]
+      else:
+        split_ids = prepared.split_by_labelled_modalities(
+            modalities_of, test_fraction=fraction, seed=seed)
+      warnings = prepared.split_shortfalls(modalities_of, split_ids,
+                                           test_fraction=fraction)
+      for line in warnings:
+        print(line, flush=True)
+    return writer.commit(split_ids, modalities, unlabelled=unlabelled,
+                         warnings=warnings)
   except BaseException:
     writer.abort()
     raise

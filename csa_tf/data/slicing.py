@@ -107,6 +107,11 @@ def _invert(ornt: np.ndarray) -> np.ndarray:
   return inverse
 
 
+def ornt_slice_axis(ornt: np.ndarray) -> int:
+  """The original array axis that becomes the slice axis under `ornt`."""
+  return int(np.flatnonzero(np.asarray(ornt)[:, 0] == 0)[0])
+
+
 def slice_axis_ornt(slice_axis: int = 2) -> np.ndarray:
   """Transform that keeps the array's axes and moves `slice_axis` to the front.
 

@@ -2,18 +2,20 @@
 
 Every command that reads a user's NIfTI goes through `read_volume`, so a truncated
 .nii.gz, a file that is not NIfTI, a 4D image or NaN voxels all produce the same kind of
-`CsaInputError` naming the file and the problem.
+`CsaInputError` naming the file and the problem (NaN/Inf voxels are repaired instead when
+the caller asks: csa_tf/io/non_finite.py).
 """
 import dataclasses
 import gzip
 import os
 import zlib
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import nibabel as nib
 import numpy as np
 
 from csa_tf.errors import CsaInputError
+from csa_tf.io import non_finite as non_finite_lib
 from csa_tf.io.atomic import write_atomically
 
 
@@ -27,31 +29,44 @@ class Volume:
     spacing: voxel size in mm per array axis, from the header zooms.
     header: the NIfTI header, kept so that predictions can be written with it.
     path: where the volume was read from.
+    non_finite_repaired: how many NaN/Inf voxels reading replaced (non_finite="repair").
   """
   data: np.ndarray
   affine: np.ndarray
   spacing: Tuple[float, float, float]
   header: nib.Nifti1Header
   path: str
+  non_finite_repaired: int = 0
 
 
-def read_volume(path: str, *, kind: str = "image") -> Volume:
+def read_volume(path: str, *, kind: str = "image",
+                non_finite: str = non_finite_lib.REFUSE,
+                slice_axis: Union[int, Callable[[np.ndarray], int]] = 2) -> Volume:
   """Reads a 3D NIfTI volume and validates it.
 
   Args:
     path: a .nii or .nii.gz file.
     kind: "image" (returned as float32, must be finite) or "label" (returned in the
       file's integer type, or int32 when stored as floats, which must be whole numbers).
+    non_finite: "refuse" any NaN/Inf voxel, or "repair" up to 1% of the voxels
+      (`non_finite.repair_non_finite`: images the lowest finite value of the slice,
+      labels background), counted in `Volume.non_finite_repaired`.
+    slice_axis: the array axis the slices stack along (MS-CMRSeg: 2), or a function of
+      the header affine that returns it (MM-WHS' coronal axis); used to repair images.
 
   Returns:
     The volume. A 4D volume whose 4th axis has length 1 is squeezed to 3D.
 
   Raises:
     CsaInputError: the file is missing, unreadable, truncated, not NIfTI, not 3D, has
-      non-finite voxels (images) or non-integer values (labels).
+      non-finite voxels (refused, or above 1% when repairing) or non-integer values
+      (labels).
   """
   if kind not in ("image", "label"):
     raise ValueError(f"kind must be 'image' or 'label', got {kind!r}")
+  if non_finite not in non_finite_lib.NON_FINITE_POLICIES:
+    raise ValueError(f"non_finite must be one of {non_finite_lib.NON_FINITE_POLICIES}, "
+                     f"got {non_finite!r}")
   if os.path.isdir(path):
     raise CsaInputError(f"{path}: is a folder, expected a NIfTI file")
   if not os.path.isfile(path):
@@ -102,19 +117,22 @@ def read_volume(path: str, *, kind: str = "image") -> Volume:
   affine = np.asarray(img.affine, dtype=np.float64)
   if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
     raise CsaInputError(f"{path}: invalid (singular or non-finite) affine in the header")
-  if kind == "image":
-    data = raw
-    if not np.isfinite(data).all():
-      bad = int(np.count_nonzero(~np.isfinite(data)))
-      raise CsaInputError(f"{path}: {bad} non-finite (NaN/Inf) voxels in the image")
-  elif np.issubdtype(raw.dtype, np.integer):
+  repaired = 0
+  if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
+    if non_finite == non_finite_lib.REFUSE:
+      bad = int(np.count_nonzero(~np.isfinite(raw)))
+      raise CsaInputError(non_finite_lib.refused_message(path, bad, kind))
+    axis = slice_axis(affine) if callable(slice_axis) else slice_axis
+    raw, repaired = non_finite_lib.repair_non_finite(raw, kind=kind, slice_axis=axis,
+                                                     path=path)
+  if kind == "image" or np.issubdtype(raw.dtype, np.integer):
     data = raw
   else:
-    if not np.isfinite(raw).all() or np.any(raw != np.round(raw)):
+    if np.any(raw != np.round(raw)):
       raise CsaInputError(f"{path}: label volume holds non-integer or non-finite values")
     data = raw.astype(np.int32)
   return Volume(data=data, affine=affine, spacing=zooms, header=img.header.copy(),
-                path=path)
+                path=path, non_finite_repaired=repaired)
 
 
 def check_not_blank(volume: Volume) -> None:

@@ -3,7 +3,9 @@
 `predict_files` is what `python -m csa_tf.predict` runs; that command's docstring
 describes the two fields of view and the output. Slices are taken as in preparation
 (csa_tf.data.slicing), padded to the sizes the network takes (csa_tf.configs.downsampling),
-and pasted back into the input's grid with the release's label values.
+and pasted back into the input's grid with the release's label values. A few NaN/Inf
+voxels (up to 1%, as the MS-CMRSeg challenge copy's T2 images hold) are repaired as in
+preparation (csa_tf/io/non_finite.py) and reported in the volume's log line.
 """
 import os
 from typing import Callable, List, Tuple
@@ -13,10 +15,11 @@ import numpy as np
 from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError, param
 from csa_tf.configs.downsampling import DOWNSAMPLE, padded_size
-from csa_tf.io.nifti import check_not_blank, read_volume, write_label_volume
+from csa_tf.io import non_finite
+from csa_tf.io.nifti import Volume, check_not_blank, read_volume, write_label_volume
 from csa_tf.io.run_dir import RunDir
 from csa_tf.data.slicing import (ORIENTATION_HEADER, ORIENTATION_STORED, VolumeGeometry,
-                                 dataset_ornt)
+                                 dataset_ornt, ornt_slice_axis)
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -38,6 +41,18 @@ def slice_geometry(shape: Tuple[int, int, int], affine: np.ndarray, *, dataset: 
     size = crop_size
   origin = (height // 2 - size // 2, width // 2 - size // 2)
   return VolumeGeometry(tuple(shape), ornt, origin, size)
+
+
+def read_scan(path: str, *, dataset: str, orientation: str) -> Volume:
+  """Reads a new scan, repairing up to 1% NaN/Inf voxels along its slices.
+
+  Raises:
+    CsaInputError: as `read_volume` (more than 1% non-finite voxels among them).
+  """
+  return read_volume(
+      path, kind="image", non_finite=non_finite.REPAIR,
+      slice_axis=lambda affine: ornt_slice_axis(dataset_ornt(dataset, affine,
+                                                             orientation)))
 
 
 def run_orientation(run: RunDir) -> str:
@@ -104,17 +119,17 @@ def predict_files(model_dir: str, modality: str, input_path: str, output_path: s
                         "trained on "
                         f"{', '.join(config.modalities)}")
   pairs = input_output_pairs(input_path, output_path, overwrite)
+  orientation = run_orientation(run)
   for source, _ in pairs:
     # Read twice (here and below) rather than held: volumes can be hundreds of MB.
-    check_not_blank(read_volume(source, kind="image"))
+    check_not_blank(read_scan(source, dataset=config.dataset, orientation=orientation))
   spec = datasets.get_spec(config.dataset)
   raw_values = np.array((0,) + spec.label_values, dtype=np.int16)
-  orientation = run_orientation(run)
   # TensorFlow loads only after the cheap checks, so that they fail fast.
   segmenter = run.segmenter(batch_size=batch_size)
   written = []
   for index, (source, target) in enumerate(pairs, start=1):
-    volume = read_volume(source, kind="image")
+    volume = read_scan(source, dataset=config.dataset, orientation=orientation)
     geometry = slice_geometry(volume.data.shape, volume.affine, dataset=config.dataset,
                               field_of_view=field_of_view, crop_size=config.crop_size,
                               orientation=orientation)
@@ -125,6 +140,8 @@ def predict_files(model_dir: str, modality: str, input_path: str, output_path: s
                        header=volume.header)
     counts = ", ".join(f"{name} {int((classes == c).sum())}"
                        for c, name in enumerate(spec.class_names) if c)
-    log(f"[{index}/{len(pairs)}] {source} -> {target} (voxels: {counts})")
+    repaired = (f"; {volume.non_finite_repaired} non-finite (NaN/Inf) input voxels "
+                "repaired" if volume.non_finite_repaired else "")
+    log(f"[{index}/{len(pairs)}] {source} -> {target} (voxels: {counts}{repaired})")
     written.append(target)
   return written

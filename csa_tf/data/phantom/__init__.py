@@ -24,6 +24,7 @@ How the phantoms are made:
 
 The package, one module per concern (imports point one way, down this list):
   release.py      file names, NIfTI writing, the marker, `generate_phantoms`, `render`
+  challenge.py    the MS-CMRSeg challenge copy's folders, missing labels, NaN, strays
   short_axis.py   the MS-CMRSeg renderer      whole_heart.py  the MM-WHS renderer
   shapes.py       signed distances, blending  appearance.py   bias field, Rician noise
   sampling.py     random grids and anatomy (`sample_geometry`)
@@ -34,14 +35,15 @@ code uses only what this module exports.
 from csa_tf.data.phantom.anatomy import (
     ENDO_RADIUS_RANGE, GRID_RANGES, MYO_THICKNESS_RANGE, Ellipsoid, GridRange,
     PhantomGeometry, ShortAxisHeart, Tube, WholeHeart)
+from csa_tf.data.phantom.challenge import labelled_count
 from csa_tf.data.phantom.release import (
-    MARKER_NAME, MAX_PATIENTS, RELEASE_PATIENTS, generate_phantoms, render)
+    MARKER_NAME, MAX_PATIENTS, RELEASE_PATIENTS, RELEASES, generate_phantoms, render)
 from csa_tf.data.phantom.sampling import sample_geometry
 from csa_tf.data.phantom.whole_heart import STRAY_421_PATIENT
 
 __all__ = [
     "ENDO_RADIUS_RANGE", "GRID_RANGES", "MARKER_NAME", "MAX_PATIENTS",
-    "MYO_THICKNESS_RANGE", "RELEASE_PATIENTS", "STRAY_421_PATIENT", "Ellipsoid",
-    "GridRange", "PhantomGeometry", "ShortAxisHeart", "Tube", "WholeHeart",
-    "generate_phantoms", "render", "sample_geometry",
+    "MYO_THICKNESS_RANGE", "RELEASES", "RELEASE_PATIENTS", "STRAY_421_PATIENT",
+    "Ellipsoid", "GridRange", "PhantomGeometry", "ShortAxisHeart", "Tube", "WholeHeart",
+    "generate_phantoms", "labelled_count", "render", "sample_geometry",
 ]

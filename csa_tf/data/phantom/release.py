@@ -9,6 +9,7 @@ import numpy as np
 from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError, param
 from csa_tf.io import atomic
+from csa_tf.data.phantom import challenge
 from csa_tf.data.phantom.anatomy import PhantomGeometry
 from csa_tf.data.phantom.sampling import _check_scale, sample_geometry
 from csa_tf.data.phantom.short_axis import _render_short_axis
@@ -19,6 +20,9 @@ MARKER_NAME = "csa_phantom.json"
 MAX_PATIENTS = 999
 # The releases' patient counts, the CLI's default --num_patients.
 RELEASE_PATIENTS = {"mscmr": 45, "mmwhs": 20}
+# The copies of a release a phantom can imitate: "full" (every volume labelled, the
+# layout the paper used) or MS-CMRSeg's "challenge" copy (csa_tf/data/phantom/challenge.py).
+RELEASES = ("full", "challenge")
 
 
 def render(geometry: PhantomGeometry) -> Tuple[np.ndarray, np.ndarray]:
@@ -58,6 +62,19 @@ def _relative_paths(dataset: str, patient: int, modality: str) -> Tuple[str, str
             os.path.join("labels", tag, f"patient{patient}_{tag}_manual.nii.gz"))
   stem = os.path.join(f"{modality}_train", f"{modality}_train_{patient}")
   return stem + "_image.nii.gz", stem + "_label.nii.gz"
+
+
+def _volume_files(dataset: str, release: str, patient: int, modality: str, image, label,
+                  *, seed: int, num_patients: int) -> List[Tuple[str, np.ndarray]]:
+  """(relative path, array) of each file one volume has in the release's copy."""
+  if release == "challenge":
+    image, label = challenge.apply_quirks(image, label, patient=patient,
+                                          modality=modality, seed=seed,
+                                          num_patients=num_patients)
+    paths = challenge.relative_paths(patient, modality)
+  else:
+    paths = _relative_paths(dataset, patient, modality)
+  return [(path, data) for path, data in zip(paths, (image, label)) if data is not None]
 
 
 def _write_nifti(path: str, data: np.ndarray, geometry: PhantomGeometry) -> None:
@@ -103,7 +120,8 @@ def _check_output_dir(output_dir: str, dataset: str) -> None:
 
 
 def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed: int = 0,
-                      scale: float = 1.0, modalities=None, progress=print) -> List[str]:
+                      scale: float = 1.0, modalities=None, progress=print,
+                      release: str = "full") -> List[str]:
   """Writes a phantom release of `dataset` into output_dir.
 
   The files are written into a temporary sibling folder that is renamed to output_dir
@@ -120,9 +138,12 @@ def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed:
     modalities: modality keys (list or comma-separated; MS-CMRSeg also takes C0 for
       bssfp); None for all of the dataset's.
     progress: called with one line per patient; None for silence.
+    release: "full" (every volume labelled) or, for mscmr, "challenge": the challenge
+      copy's folders, unlabelled patients, NaN and stray voxels (phantom/challenge.py).
 
   Returns:
-    The written NIfTI paths under output_dir (image then label, patient by patient).
+    The written NIfTI paths under output_dir (image then label, patient by patient;
+    an unlabelled volume has its image only).
 
   Raises:
     CsaInputError: bad arguments, or output_dir is a file, a non-empty folder that is
@@ -136,6 +157,10 @@ def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed:
   if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
     raise CsaInputError(f"{param('seed', seed)}: must be a non-negative integer")
   _check_scale(scale)
+  if release not in RELEASES or (release == "challenge" and spec is not datasets.MSCMR):
+    raise CsaInputError(f"{param('release', release)}: expected "
+                        f"{' or '.join(RELEASES) if spec is datasets.MSCMR else 'full'} "
+                        f"for {spec.name}")
   keys = _parse_modalities(spec, modalities)
   if not output_dir:
     raise CsaInputError(f"{param('output_dir')} is required")
@@ -153,16 +178,20 @@ def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed:
       for modality in keys:
         geometry = sample_geometry(spec.name, patient, modality, seed=seed, scale=scale)
         image, label = render(geometry)
-        for relative, data in zip(_relative_paths(spec.name, patient, modality),
-                                  (image, label)):
+        files = _volume_files(spec.name, release, patient, modality, image, label,
+                              seed=seed, num_patients=num_patients)
+        for relative, data in files:
           _write_nifti(os.path.join(staging, relative), data, geometry)
           written.append(os.path.join(output_dir, relative))
-        grids.append(f"{modality} {'x'.join(map(str, geometry.shape))}")
+        grids.append(f"{modality} {'x'.join(map(str, geometry.shape))}"
+                     + ("" if len(files) == 2 else " (no label)"))
       if progress is not None:
         progress(f"phantom {spec.name} patient {patient} ({index}/{num_patients}): "
                  + ", ".join(grids))
     marker = dict(generator="data_prep.phantom", dataset=spec.name, seed=seed,
                   scale=scale, num_patients=num_patients, modalities=keys)
+    if release != "full":  # A full release's marker stays as it always was.
+      marker["release"] = release
     atomic.write_json(os.path.join(staging, MARKER_NAME), marker, indent=2,
                       final_newline=False)
     _check_output_dir(output_dir, spec.name)  # It may have changed while we drew.
