@@ -12,6 +12,7 @@ from csa_tf.configs.downsampling import size_problem
 from csa_tf.errors import CsaInputError, param
 from csa_tf.io import atomic
 from csa_tf.io.nifti import Volume, check_not_blank
+from csa_tf.data import heart_region
 from csa_tf.data.slicing import VolumeGeometry, enclosing_crop_origin
 
 
@@ -71,8 +72,14 @@ def prepare_volume(image: Volume, label: Volume, *, spec: DatasetSpec, modality:
                    crop_size: int) -> (prepared.PreparedVolume, bool):
   """Maps, reorients, crops and z-scores one image/label pair.
 
+  The crop box encloses the heart: the annotated regions csa_tf.data.heart_region
+  finds to belong to it. Stray islands far from it are left out of the box and set to
+  background in the training label; the volume keeps the whole label file
+  (`full_label`, islands included) and the islands' voxels and reports, so that
+  evaluation scores against the file and leaves the islands out.
+
   Returns:
-    (volume, fits): fits is False when the annotation is wider than the crop box.
+    (volume, fits): fits is False when the heart is wider than the crop box.
 
   Raises:
     CsaInputError: shapes differ, the image is constant, the label holds unknown values
@@ -92,8 +99,9 @@ def prepare_volume(image: Volume, label: Volume, *, spec: DatasetSpec, modality:
     raise CsaInputError(f"{label.path}: label volume has no foreground (no voxel of "
                         f"{names}); fix the label or move the pair out of "
                         f"{param('raw_dir')}")
+  region = heart_region.find_heart(classes, image.spacing, class_names=spec.class_names)
   probe = VolumeGeometry(tuple(image.data.shape), ornt, (0, 0), crop_size)
-  standard_labels = probe.to_standard(classes)
+  standard_labels = probe.to_standard(region.heart_only(classes))
   origin, fits = enclosing_crop_origin(standard_labels, crop_size)
   geometry = VolumeGeometry(tuple(image.data.shape), ornt, origin, crop_size)
   volume = prepared.PreparedVolume(
@@ -105,6 +113,9 @@ def prepare_volume(image: Volume, label: Volume, *, spec: DatasetSpec, modality:
       spacing=image.spacing,
       affine=image.affine,
       source=os.path.basename(image.path),
+      full_label=classes,
+      stray_voxels=region.stray_voxels,
+      stray_islands=region.islands,
   )
   return volume, fits
 
@@ -124,6 +135,7 @@ class PrepWriter:
     self.overwrite = overwrite
     self._entries: List[dict] = []
     self._not_fitting: List[str] = []
+    self._islands: Dict[str, List[dict]] = {}
     self._check_output_dir()
     self._staged = atomic.StagedFolder(self.output_dir)
     self.tmp_dir = self._staged.path
@@ -164,6 +176,8 @@ class PrepWriter:
                               num_labelled_slices=labelled))
     if not fits:
       self._not_fitting.append(f"{volume.modality}/{volume.patient_id}")
+    if volume.stray_islands:
+      self._islands[f"{volume.modality}/{volume.patient_id}"] = list(volume.stray_islands)
 
   def commit(self, splits: Dict[str, List[str]], modalities: Sequence[str]) -> str:
     """Writes meta, splits and summary, then moves the folder into place."""
@@ -179,13 +193,16 @@ class PrepWriter:
         settings=self.settings,
         csa_tf_version=csa_tf.__version__,
         crop_does_not_enclose=self._not_fitting,
+        stray_islands=dict(sorted(self._islands.items())),
+        heart_margin_mm=heart_region.HEART_MARGIN_MM,
         volumes=entries,
     )
     atomic.write_json(os.path.join(self.tmp_dir, prepared.META_FILE), meta,
                       final_newline=False)
     atomic.write_json(os.path.join(self.tmp_dir, prepared.SPLITS_FILE), splits,
                       final_newline=False)
-    summary = summary_text(self.spec, entries, splits, self.settings, self._not_fitting)
+    summary = summary_text(self.spec, entries, splits, self.settings, self._not_fitting,
+                           self._islands)
     atomic.write_text(os.path.join(self.tmp_dir, prepared.SUMMARY_FILE), summary)
     self._staged.commit()
     return summary
@@ -196,7 +213,8 @@ class PrepWriter:
 
 
 def summary_text(spec: DatasetSpec, entries: List[dict], splits: Dict[str, List[str]],
-                 settings: dict, not_fitting: List[str]) -> str:
+                 settings: dict, not_fitting: List[str],
+                 islands: Optional[Dict[str, List[dict]]] = None) -> str:
   lines = [f"csa_tf preparation of {spec.name} (crop {settings['crop_size']}, "
            f"seed {settings['seed']}, test fraction {settings['test_fraction']})",
            f"{'modality':<8} {'split':<6} {'volumes':>7} {'slices':>7} {'labelled':>8}"]
@@ -211,6 +229,11 @@ def summary_text(spec: DatasetSpec, entries: List[dict], splits: Dict[str, List[
   if not_fitting:
     lines.append("annotation wider than the crop box (cut symmetrically): "
                  + ", ".join(not_fitting))
+  if islands:
+    lines.append("stray labelled islands far from the heart (left out of the crop box "
+                 "and of training, not scored):")
+    lines += [f"  {name}: {heart_region.describe_islands(reports)}"
+              for name, reports in sorted(islands.items())]
   return "\n".join(lines) + "\n"
 
 
@@ -240,7 +263,10 @@ def run_preparation(output_dir: str, *, spec: DatasetSpec, settings: dict,
       writer.add(volume, fits)
       ids.append(patient_id)
       print(f"[{index}/{len(jobs)}] {modality} {patient_id}: {len(volume.label)} slices"
-            + ("" if fits else " (annotation wider than the crop box)"), flush=True)
+            + ("" if fits else " (annotation wider than the crop box)")
+            + (f" (stray islands left out: "
+               f"{heart_region.describe_islands(volume.stray_islands)})"
+               if volume.stray_islands else ""), flush=True)
     if split_ids is None:
       groups = split_groups or [ids]
       split_ids = {"train": [], "test": []}
