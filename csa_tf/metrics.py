@@ -51,6 +51,8 @@ STATUSES = (STATUS_OK, STATUS_ABSENT, STATUS_MISSED, STATUS_SPURIOUS)
 # Per-class values returned by `volume_metrics`, besides "status".
 DISTANCE_KEYS = ("hd_vox", "hd_mm", "hd95_mm", "assd_mm")
 METRIC_KEYS = ("dice",) + DISTANCE_KEYS
+# Voxel counts returned by `volume_metrics` beside them (not averaged by `summarize`).
+COUNT_KEYS = ("reference_voxels", "excluded_voxels")
 
 # The same text as the module docstring's policy, for reports and the README.
 MISSING_STRUCTURE_POLICY = (
@@ -284,7 +286,8 @@ def _distances_ok(pred: np.ndarray, gt: np.ndarray,
 
 
 def volume_metrics(pred, gt, *, num_classes: int,
-                   spacing: Union[float, Sequence[float]]) -> Dict[int, Dict[str, Any]]:
+                   spacing: Union[float, Sequence[float]],
+                   ignore=None) -> Dict[int, Dict[str, Any]]:
   """Dice, HD (voxels and mm), HD95 and ASSD (mm) of each foreground class of a volume.
 
   Args:
@@ -294,12 +297,17 @@ def volume_metrics(pred, gt, *, num_classes: int,
     num_classes: number of classes including background (C).
     spacing: voxel size in mm per axis, from the image header (one float per axis, or
       one float for all).
+    ignore: None, or a bool mask of the same shape: voxels that are not scored (the
+      stray islands of csa_tf.data.heart_region). Every metric is then that of
+      `pred` and `gt` with both set to background there.
 
   Returns:
-    `{c: {"dice", "hd_vox", "hd_mm", "hd95_mm", "assd_mm": float, "status": str}}` for
-    each c in 1..C-1. "hd_vox" uses unit spacing. Values follow the missing-structure
-    policy of the module docstring: NaN distances unless the status is "ok", Dice 0 for
-    "missed"/"spurious" and NaN for "absent".
+    `{c: {"dice", "hd_vox", "hd_mm", "hd95_mm", "assd_mm": float, "status": str,
+    "reference_voxels", "excluded_voxels": int}}` for each c in 1..C-1. "hd_vox" uses
+    unit spacing. Values follow the missing-structure policy of the module docstring
+    (applied after `ignore`): NaN distances unless the status is "ok", Dice 0 for
+    "missed"/"spurious" and NaN for "absent". "reference_voxels" counts class c in
+    `gt`, "excluded_voxels" those of them under `ignore` (not scored).
 
   Raises:
     ValueError: shapes differ, an array is not of integer type, a value lies outside
@@ -322,12 +330,25 @@ def volume_metrics(pred, gt, *, num_classes: int,
   sampling = _normalized_spacing(spacing, pred.ndim)
   if sampling is None:
     raise ValueError("spacing is required (mm per axis, from the image header)")
+  keep = None
+  if ignore is not None:
+    ignore = np.atleast_1d(np.asarray(ignore))
+    if ignore.dtype != bool or ignore.shape != gt.shape:
+      raise ValueError(f"ignore must be a bool mask of shape {gt.shape}, got "
+                       f"{ignore.dtype} {ignore.shape}")
+    keep = ~ignore if ignore.any() else None
 
   results = {}
   for c in range(1, int(num_classes)):
     pred_c, gt_c = pred == c, gt == c
+    counts = {"reference_voxels": int(np.count_nonzero(gt_c)), "excluded_voxels": 0}
+    if keep is not None:
+      counts["excluded_voxels"] = int(np.count_nonzero(gt_c & ignore))
+      pred_c &= keep
+      gt_c &= keep
     crop = union_crop(pred_c, gt_c)
     values = {key: math.nan for key in METRIC_KEYS}
+    values.update(counts)
     if crop is None:
       values["status"] = STATUS_ABSENT
       results[c] = values
@@ -348,13 +369,14 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> Dict[str, Dict[str, Dict[str
 
   Args:
     rows: one mapping per (volume, class) with keys "modality", "class_name", "status"
-      and any of METRIC_KEYS (a row of `volume_metrics` plus its labels). Other keys
-      (e.g. "volume") are ignored.
+      and any of METRIC_KEYS and COUNT_KEYS (a row of `volume_metrics` plus its
+      labels). Other keys (e.g. "volume") are ignored.
 
   Returns:
     `summary[modality][class_name]` = {
         "num_volumes": rows seen, "ok"/"absent"/"missed"/"spurious": counts per status,
         metric: {"mean": float, "std": float, "count": int} for each metric present,
+        count key: the sum over rows, for each of COUNT_KEYS every row holds,
     }. Distances are averaged over "ok" rows; Dice over "ok", "missed" and "spurious"
     rows. "std" is the population standard deviation (ddof=0); mean and std are NaN
     when count is 0. Modalities and classes keep their first-seen order.
@@ -379,6 +401,9 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> Dict[str, Dict[str, Dict[str
       entry: Dict[str, Any] = {"num_volumes": len(class_rows)}
       for status in STATUSES:
         entry[status] = sum(row["status"] == status for row in class_rows)
+      for key in COUNT_KEYS:
+        if all(key in row for row in class_rows):
+          entry[key] = sum(int(row[key]) for row in class_rows)
       for key in METRIC_KEYS:
         if not any(key in row for row in class_rows):
           continue

@@ -203,6 +203,53 @@ def test_volume_metrics_hd_vox_is_sqrt_of_integer():
   assert values["dice"] == 0.0 and values["status"] == "ok"
 
 
+# --- Scoring against the whole label file ---------------------------------------------
+
+
+def test_a_box_that_cuts_the_label_lowers_dice_by_the_cut_voxels():
+  # The file's LV: a 2 x 5 x 1 block (10 voxels); the crop box holds 6 of them (columns
+  # 0-2) and the prediction is exactly those 6. Against the label inside the box Dice is
+  # 2 * 6 / (6 + 6) = 1; against the file 2 * 6 / (6 + 10) = 0.75.
+  full = np.zeros((4, 8, 1), np.uint8)
+  full[1:3, 0:5, 0] = 1
+  cropped = full.copy()
+  cropped[:, 3:, :] = 0
+  pred = cropped.copy()
+  inside = metrics.volume_metrics(pred, cropped, num_classes=2, spacing=1.0)[1]
+  whole = metrics.volume_metrics(pred, full, num_classes=2, spacing=1.0)[1]
+  assert inside["dice"] == 1.0 and whole["dice"] == 0.75
+  assert (inside["reference_voxels"], whole["reference_voxels"]) == (6, 10)
+  assert inside["excluded_voxels"] == whole["excluded_voxels"] == 0
+  # HD: the file's column 4 lies 2 voxels past the prediction's last column.
+  assert inside["hd_vox"] == 0.0 and whole["hd_vox"] == 2.0
+
+
+def test_ignored_voxels_are_left_out_of_reference_and_prediction():
+  gt = np.zeros((6, 6, 6), np.uint8)
+  gt[1:3, 1:3, 1:3] = 1  # 8 voxels
+  gt[5, 5, 5] = 1        # a stray island of 1
+  gt[0, 5, 0] = 2        # class 2: only a stray island, 1 voxel
+  pred = np.zeros_like(gt)
+  pred[1:3, 1:3, 1:2] = 1  # 4 of the 8
+  pred[5, 5, 0] = 2        # a prediction on an ignored voxel
+  ignore = np.zeros(gt.shape, bool)
+  ignore[5, 5, 5] = ignore[0, 5, 0] = ignore[5, 5, 0] = True
+  result = metrics.volume_metrics(pred, gt, num_classes=3, spacing=1.0, ignore=ignore)
+  # Class 1: 2 * 4 / (4 + 8), the island neither a miss nor counted in the reference.
+  assert result[1]["dice"] == 2 * 4 / (4 + 8)
+  assert (result[1]["reference_voxels"], result[1]["excluded_voxels"]) == (9, 1)
+  assert result[1]["hd_vox"] == 1.0  # sqrt(3^2 + 3^2 + 4^2) with the island at (5, 5, 5)
+  # Class 2: the file's only voxel is ignored and so is the prediction: absent.
+  assert result[2]["status"] == "absent" and math.isnan(result[2]["dice"])
+  assert (result[2]["reference_voxels"], result[2]["excluded_voxels"]) == (1, 1)
+  # An all-False mask changes nothing.
+  assert (metrics.volume_metrics(pred, gt, num_classes=3, spacing=1.0,
+                                 ignore=np.zeros(gt.shape, bool))[1]["dice"]
+          == 2 * 4 / (4 + 9))
+  with pytest.raises(ValueError, match="ignore must be a bool mask of shape"):
+    metrics.volume_metrics(pred, gt, num_classes=3, spacing=1.0, ignore=ignore[:3])
+
+
 # --- Missing-structure policy ---------------------------------------------------------
 
 
@@ -371,6 +418,8 @@ def test_summarize_accepts_volume_metrics_rows():
           for pred in (gt, gt * 0)]
   entry = metrics.summarize(rows)["lge"]["LV"]
   assert entry["dice"] == {"mean": 0.5, "std": 0.5, "count": 2}
+  # The voxel counts are summed: 8 reference voxels in each of the two volumes.
+  assert (entry["reference_voxels"], entry["excluded_voxels"]) == (16, 0)
   assert entry["hd_mm"] == {"mean": 0.0, "std": 0.0, "count": 1}
   assert (entry["ok"], entry["missed"]) == (1, 1)
 

@@ -29,7 +29,12 @@ def test_end_to_end_maps_four_structures(mmwhs_release, tmp_path):
       f"{entry.patient_id}_label.nii.gz")).dataobj)
   mapped = np.select([raw == 205, raw == 420, raw == 500, raw == 820], [1, 2, 3, 4], 0)
   np.testing.assert_array_equal(volume.original_label, mapped)
+  np.testing.assert_array_equal(volume.full_label, mapped)
   assert (raw == 600).any() and 600 not in np.unique(volume.label)
+  # The aorta's blob is a component of its own, a voxel or two off the myocardium's
+  # shell: within the margin, so one heart, no stray islands, and the box holds it all.
+  meta = json.load(open(out / "prep_meta.json"))
+  assert meta["stray_islands"] == {} and meta["crop_does_not_enclose"] == []
   # Coronal slices of an RAS volume: slices along array axis 1 (A-P).
   assert volume.label.shape[0] == raw.shape[1]
 

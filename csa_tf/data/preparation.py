@@ -12,6 +12,7 @@ from csa_tf.configs.downsampling import size_problem
 from csa_tf.errors import CsaInputError, param
 from csa_tf.io import atomic
 from csa_tf.io.nifti import Volume, check_not_blank
+from csa_tf.data import heart_region
 from csa_tf.data.slicing import VolumeGeometry, enclosing_crop_origin
 
 
@@ -71,8 +72,14 @@ def prepare_volume(image: Volume, label: Volume, *, spec: DatasetSpec, modality:
                    crop_size: int) -> (prepared.PreparedVolume, bool):
   """Maps, reorients, crops and z-scores one image/label pair.
 
+  The crop box encloses the heart: the annotated regions csa_tf.data.heart_region
+  finds to belong to it. Stray islands far from it are left out of the box and set to
+  background in the training label; the volume keeps the whole label file
+  (`full_label`, islands included) and the islands' voxels and reports, so that
+  evaluation scores against the file and leaves the islands out.
+
   Returns:
-    (volume, fits): fits is False when the annotation is wider than the crop box.
+    (volume, fits): fits is False when the heart is wider than the crop box.
 
   Raises:
     CsaInputError: shapes differ, the image is constant, the label holds unknown values
@@ -92,8 +99,9 @@ def prepare_volume(image: Volume, label: Volume, *, spec: DatasetSpec, modality:
     raise CsaInputError(f"{label.path}: label volume has no foreground (no voxel of "
                         f"{names}); fix the label or move the pair out of "
                         f"{param('raw_dir')}")
+  region = heart_region.find_heart(classes, image.spacing, class_names=spec.class_names)
   probe = VolumeGeometry(tuple(image.data.shape), ornt, (0, 0), crop_size)
-  standard_labels = probe.to_standard(classes)
+  standard_labels = probe.to_standard(region.heart_only(classes))
   origin, fits = enclosing_crop_origin(standard_labels, crop_size)
   geometry = VolumeGeometry(tuple(image.data.shape), ornt, origin, crop_size)
   volume = prepared.PreparedVolume(
@@ -105,6 +113,9 @@ def prepare_volume(image: Volume, label: Volume, *, spec: DatasetSpec, modality:
       spacing=image.spacing,
       affine=image.affine,
       source=os.path.basename(image.path),
+      full_label=classes,
+      stray_voxels=region.stray_voxels,
+      stray_islands=region.islands,
   )
   return volume, fits
 
@@ -127,6 +138,7 @@ class PrepWriter:
     self._repaired: List[dict] = []
     # A replace killed half-way is undone before the folder is judged.
     atomic.restore_interrupted_replace(self.output_dir)
+    self._islands: Dict[str, List[dict]] = {}
     self._check_output_dir()
     self._staged = atomic.StagedFolder(self.output_dir)
     self.tmp_dir = self._staged.path
@@ -171,6 +183,8 @@ class PrepWriter:
                               num_labelled_slices=labelled))
     if not fits:
       self._not_fitting.append(f"{volume.modality}/{volume.patient_id}")
+    if volume.stray_islands:
+      self._islands[f"{volume.modality}/{volume.patient_id}"] = list(volume.stray_islands)
 
   def commit(self, splits: Dict[str, List[str]], modalities: Sequence[str], *,
              unlabelled: Sequence[dict] = (), warnings: Sequence[str] = (),
@@ -205,6 +219,8 @@ class PrepWriter:
         unlabelled=list(unlabelled),
         non_finite_repaired=sorted(self._repaired, key=lambda r: r["file"]),
         warnings=list(warnings),
+        stray_islands=dict(sorted(self._islands.items())),
+        heart_margin_mm=heart_region.HEART_MARGIN_MM,
         volumes=entries,
     )
     meta.update(extra_meta or {})
@@ -214,7 +230,7 @@ class PrepWriter:
                       final_newline=False)
     summary = summary_text(self.spec, entries, splits, self.settings, self._not_fitting,
                            unlabelled=unlabelled, repaired=meta["non_finite_repaired"],
-                           warnings=warnings)
+                           warnings=warnings, islands=self._islands)
     summary += "".join(line + "\n" for line in notes)
     atomic.write_text(os.path.join(self.tmp_dir, prepared.SUMMARY_FILE), summary)
     self._staged.commit()
@@ -228,7 +244,8 @@ class PrepWriter:
 def summary_text(spec: DatasetSpec, entries: List[dict], splits: Dict[str, List[str]],
                  settings: dict, not_fitting: List[str], *,
                  unlabelled: Sequence[dict] = (), repaired: Sequence[dict] = (),
-                 warnings: Sequence[str] = ()) -> str:
+                 warnings: Sequence[str] = (),
+                 islands: Optional[Dict[str, List[dict]]] = None) -> str:
   lines = [f"csa_tf preparation of {spec.name} (crop {settings['crop_size']}, "
            f"seed {settings['seed']}, test fraction {settings['test_fraction']})",
            f"{'modality':<8} {'split':<6} {'volumes':>7} {'slices':>7} {'labelled':>8}"]
@@ -243,6 +260,11 @@ def summary_text(spec: DatasetSpec, entries: List[dict], splits: Dict[str, List[
   if not_fitting:
     lines.append("annotation wider than the crop box (cut symmetrically): "
                  + ", ".join(not_fitting))
+  if islands:
+    lines.append("stray labelled islands far from the heart (left out of the crop box "
+                 "and of training, not scored):")
+    lines += [f"  {name}: {heart_region.describe_islands(reports)}"
+              for name, reports in sorted(islands.items())]
   if unlabelled:
     lines.append(f"images without their label, left out of training and evaluation "
                  f"({len(unlabelled)}):")
@@ -299,7 +321,10 @@ def run_preparation(output_dir: str, *, spec: DatasetSpec, settings: dict,
       print(f"[{index}/{len(jobs)}] {modality} {patient_id}: {len(volume.label)} slices"
             + ("" if fits else " (annotation wider than the crop box)")
             + "".join(f"; {r['voxels']} non-finite voxels repaired in "
-                      f"{os.path.basename(r['file'])}" for r in repaired), flush=True)
+                      f"{os.path.basename(r['file'])}" for r in repaired)
+            + (f" (stray islands left out: "
+               f"{heart_region.describe_islands(volume.stray_islands)})"
+               if volume.stray_islands else ""), flush=True)
     warnings: List[str] = []
     if split_ids is None:
       fraction, seed = settings["test_fraction"], settings["seed"]

@@ -49,6 +49,14 @@ class PreparedVolume:
     spacing: the original voxel size in mm per original array axis.
     affine: the original 4x4 voxel-to-world matrix.
     source: the original image file name (no folder).
+    full_label: class indices of the whole label file on the original grid, uint8
+      [original_shape] (stray islands included), what evaluation scores against; None
+      in PREPs made before csa_tf stored it (they score the label inside the box).
+    stray_voxels: int64 [N, 3], original-grid voxel indices of the stray islands
+      (csa_tf.data.heart_region): background in `label`, not scored; None with
+      full_label None.
+    stray_islands: the islands' reports ({"class", "voxels", "bbox"}), as in
+      prep_meta.json's "stray_islands".
     neighbours: [S, crop, crop, 2] float32, each slice's previous and next slice where
       the release stores them with the slice (the PnP-AdaNet records' side channels),
       z-scored like `image`; None where the neighbours are the volume's own slices.
@@ -61,6 +69,9 @@ class PreparedVolume:
   spacing: Tuple[float, float, float]
   affine: np.ndarray
   source: str = ""
+  full_label: Optional[np.ndarray] = None
+  stray_voxels: Optional[np.ndarray] = None
+  stray_islands: Tuple[dict, ...] = ()
   neighbours: Optional[np.ndarray] = None
 
   def inputs(self, input_slices: int) -> np.ndarray:
@@ -71,6 +82,24 @@ class PreparedVolume:
   def original_label(self) -> np.ndarray:
     """The class-index label pasted back onto the original grid (outside crop = 0)."""
     return self.geometry.from_slices(self.label)
+
+  def scoring_reference(self) -> Tuple[np.ndarray, Optional[np.ndarray], bool]:
+    """What a prediction on the original grid is scored against (REFERENCE.md s. 6).
+
+    Returns:
+      (reference, ignore, whole_file): reference, class indices [original_shape]: the
+      whole label file where the PREP stores it, else the label inside the crop box
+      pasted back; ignore, bool [original_shape] or None: the stray islands' voxels,
+      not scored; whole_file: False only where an older PREP's crop box leaves part of
+      the image out, so the reference may miss what the box cut.
+    """
+    if self.full_label is None:
+      return self.original_label, None, self.geometry.covers_image()
+    ignore = None
+    if self.stray_voxels is not None and len(self.stray_voxels):
+      ignore = np.zeros(self.full_label.shape, dtype=bool)
+      ignore[tuple(self.stray_voxels.T)] = True
+    return self.full_label, ignore, True
 
 
 VOLUMES_SUBDIR = "volumes"
@@ -105,11 +134,16 @@ def foreign_entries(prep_dir: str) -> List[str]:
   return foreign
 
 
+# Arrays deflated inside a volume's .npz: the whole-file label is mostly background
+# (a CT label of 512x512x300 bytes shrinks about a hundredfold); the float slices hardly
+# compress, so they are stored as np.savez stores everything.
+_COMPRESSED_ARRAYS = ("full_label",)
+
+
 def save_volume(path: str, volume: PreparedVolume) -> None:
   """Writes one volume as .npz (plain arrays only, so it loads without pickle)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  np.savez(
-      path,
+  arrays = dict(
       patient_id=np.array(volume.patient_id),
       modality=np.array(volume.modality),
       image=volume.image.astype(np.float32),
@@ -124,6 +158,28 @@ def save_volume(path: str, volume: PreparedVolume) -> None:
       **({} if volume.neighbours is None
          else dict(neighbours=volume.neighbours.astype(np.float32))),
   )
+  if volume.full_label is not None:
+    stray = (np.zeros((0, 3)) if volume.stray_voxels is None else volume.stray_voxels)
+    arrays.update(full_label=volume.full_label.astype(np.uint8),
+                  stray_voxels=np.asarray(stray, dtype=np.int64).reshape(-1, 3),
+                  stray_islands=np.array(json.dumps(list(volume.stray_islands))))
+  write_npz(path, arrays, compressed=_COMPRESSED_ARRAYS)
+
+
+def write_npz(path: str, arrays: Dict[str, np.ndarray], *,
+              compressed: Sequence[str] = ()) -> None:
+  """Writes arrays as an .npz that np.load reads, deflating only those named.
+
+  np.savez stores every member and np.savez_compressed deflates every one; an .npz is
+  a zip of .npy files, and zip compresses member by member.
+  """
+  with zipfile.ZipFile(path, "w", allowZip64=True) as archive:
+    for name, value in arrays.items():
+      info = zipfile.ZipInfo(f"{name}.npy")
+      info.compress_type = (zipfile.ZIP_DEFLATED if name in compressed
+                            else zipfile.ZIP_STORED)
+      with archive.open(info, "w", force_zip64=True) as member:
+        np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 def load_volume(path: str) -> PreparedVolume:
@@ -151,6 +207,25 @@ def load_volume(path: str) -> PreparedVolume:
       crop_origin=tuple(int(v) for v in arrays["crop_origin"]),
       crop_size=int(arrays["crop_size"]),
   )
+  full_label = arrays.get("full_label")
+  if full_label is not None and (full_label.shape != geometry.original_shape
+                                 or not np.issubdtype(full_label.dtype, np.integer)):
+    raise CsaInputError(f"{path}: not a prepared volume (full_label {full_label.dtype} "
+                        f"{full_label.shape}; expected integer labels of the original "
+                        f"shape {geometry.original_shape})")
+  stray_voxels = arrays.get("stray_voxels")
+  if full_label is not None and (
+      stray_voxels is None or stray_voxels.ndim != 2 or stray_voxels.shape[1] != 3
+      or (len(stray_voxels) and (stray_voxels.min() < 0 or np.any(
+          stray_voxels.max(axis=0) >= np.array(geometry.original_shape))))):
+    raise CsaInputError(f"{path}: not a prepared volume (stray_voxels missing or not "
+                        f"[N, 3] voxel indices inside {geometry.original_shape})")
+  try:
+    islands = tuple(json.loads(str(arrays["stray_islands"]))
+                    if "stray_islands" in arrays else ())
+  except ValueError:
+    raise CsaInputError(f"{path}: not a prepared volume (stray_islands is not the "
+                        "JSON list csa_tf writes)") from None
   return PreparedVolume(
       patient_id=str(arrays["patient_id"]),
       modality=str(arrays["modality"]),
@@ -160,6 +235,9 @@ def load_volume(path: str) -> PreparedVolume:
       spacing=tuple(float(v) for v in arrays["spacing"]),
       affine=arrays["affine"],
       source=str(arrays.get("source", "")),
+      full_label=full_label,
+      stray_voxels=stray_voxels,
+      stray_islands=islands,
       neighbours=_neighbours(arrays, image.shape, path),
   )
 

@@ -62,6 +62,13 @@ class VolumeGeometry:
     """Original-grid array -> cropped slices [S, crop_size, crop_size]."""
     return self.crop(self.to_standard(volume), pad_value)
 
+  def covers_image(self) -> bool:
+    """True when the crop box holds every pixel of every standard slice."""
+    _, height, width = self.standard_shape
+    r0, c0 = self.crop_origin
+    return (r0 <= 0 and c0 <= 0 and r0 + self.crop_size >= height
+            and c0 + self.crop_size >= width)
+
   def image_mask(self) -> np.ndarray:
     """[crop_size, crop_size] bool: True where the box holds image pixels, not padding."""
     _, height, width = self.standard_shape

@@ -1,9 +1,15 @@
 """Evaluates a trained run on its prepared test split (paper Tables 1-3; REFERENCE.md §6).
 
 `evaluate_run` is what `python -m csa_tf.evaluate` runs: every volume is segmented slice
-by slice through its own modality's BN statistics, put back on its original voxel grid,
-and scored by csa_tf.metrics (medpy 0.5.2's values); the outputs go to the paths
+by slice through its own modality's BN statistics, put back on its original voxel grid
+(background outside the crop box), and scored by csa_tf.metrics (medpy 0.5.2's values)
+against the whole label file as the PREP stores it, leaving out the stray islands
+preparation reported (csa_tf.data.heart_region); the outputs go to the paths
 `RunDir.per_volume_path` and `RunDir.summary_path` name.
+
+PREPs made before csa_tf stored the whole label are scored, as then, against the label
+inside the crop box pasted back; one line says so where a box leaves part of an image
+out (summary.json's "scored_against" records it either way).
 """
 import math
 import os
@@ -18,7 +24,12 @@ from csa_tf.io.run_dir import RunDir
 from csa_tf.io.run_lock import RunLock
 
 CSV_COLUMNS = ("patient_id", "modality", "class_index", "class_name", "status") + (
-    metrics.METRIC_KEYS)
+    metrics.METRIC_KEYS) + metrics.COUNT_KEYS
+
+# summary.json's "scored_against": what the ground truth of the evaluation was.
+SCORED_AGAINST_FILE = "label files (as stored in the PREP), stray islands excluded"
+SCORED_AGAINST_CROP = ("label inside the crop box, pasted back (a PREP made before csa_tf "
+                       "stored whole label files)")
 
 
 def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str = "test",
@@ -51,6 +62,7 @@ def _evaluate(run: RunDir, prepared: PreparedDataset, *, split: str, batch_size:
   checkpoint = run.checkpoint_path
   spec = prepared.spec
   rows: List[Dict] = []
+  cropped_only: List[str] = []
   for modality in config.modalities:
     entries = prepared.entries_for(split, modality)
     if not entries:
@@ -59,7 +71,15 @@ def _evaluate(run: RunDir, prepared: PreparedDataset, *, split: str, batch_size:
       volume = prepared.load(entry)
       inputs = volume.inputs(config.in_channels)
       predicted = volume.geometry.from_slices(segmenter.labels(inputs, modality))
-      result = metrics.volume_metrics(predicted, volume.original_label,
+      reference, ignore, whole_file = volume.scoring_reference()
+      if not whole_file:
+        cropped_only.append(f"{modality}/{entry.patient_id}")
+        if len(cropped_only) == 1:
+          log(f"note: {prepared.prep_dir} was prepared before csa_tf stored whole label "
+              "files: its volumes are scored against the label inside the crop box "
+              "(what the box cut is not scored); prepare it again to score against the "
+              "label files")
+      result = metrics.volume_metrics(predicted, reference, ignore=ignore,
                                       num_classes=spec.num_classes, spacing=volume.spacing)
       for class_index, values in result.items():
         rows.append(dict(patient_id=entry.patient_id, modality=modality,
@@ -80,6 +100,8 @@ def _evaluate(run: RunDir, prepared: PreparedDataset, *, split: str, batch_size:
                 modalities=list(config.modalities),
                 class_names=list(spec.class_names),
                 missing_structure_policy=metrics.MISSING_STRUCTURE_POLICY,
+                scored_against=(SCORED_AGAINST_CROP if cropped_only
+                                else SCORED_AGAINST_FILE),
                 summary=summary)
   atomic.write_json(run.summary_path(split), json_safe(report), sort_keys=True)
   log(tables.markdown_tables(spec, config.modalities,
