@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 
+import nibabel as nib
 import numpy as np
 import pytest
 
