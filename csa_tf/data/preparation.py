@@ -231,7 +231,8 @@ def summary_text(spec: DatasetSpec, entries: List[dict], splits: Dict[str, List[
 def run_preparation(output_dir: str, *, spec: DatasetSpec, settings: dict,
                     overwrite: bool, jobs, modalities: Sequence[str],
                     split_ids: Optional[Dict[str, List[str]]] = None,
-                    split_groups: Optional[List[List[str]]] = None) -> str:
+                    split_groups: Optional[List[List[str]]] = None,
+                    notes: Sequence[str] = (), extra_meta: Optional[dict] = None) -> str:
   """Prepares every (image, label, modality, patient_id, ornt) job and writes PREP.
 
   Args:
@@ -239,6 +240,7 @@ def run_preparation(output_dir: str, *, spec: DatasetSpec, settings: dict,
       patient_id, ornt); loading lazily keeps one volume in memory at a time.
     split_groups: lists of patient ids split independently (MM-WHS splits CT and MR
       patients separately, since they are different people); default one group.
+    notes, extra_meta: what the converter reports beyond the volumes (PrepWriter.commit).
 
   Returns:
     The summary text.
@@ -263,7 +265,7 @@ def run_preparation(output_dir: str, *, spec: DatasetSpec, settings: dict,
                                              seed=settings["seed"])
         split_ids["train"] += part["train"]
         split_ids["test"] += part["test"]
-    return writer.commit(split_ids, modalities)
+    return writer.commit(split_ids, modalities, notes=notes, extra_meta=extra_meta)
   except BaseException:
     writer.abort()
     raise
