@@ -2,6 +2,8 @@ r"""Synthetic cardiac phantoms in the MS-CMRSeg 2019 and MM-WHS 2017 release lay
 
   python -m data_prep.phantom --dataset=mscmr --output_dir=DIR [--num_patients=45] \
       [--seed=0] [--scale=1.0] [--modalities=lge,bssfp,t2]
+  python -m data_prep.phantom --dataset=mscmr --release=myops --output_dir=DIR \
+      [--num_patients=25] [--seed=0] [--scale=1.0] [--modalities=lge,bssfp,t2]
   python -m data_prep.phantom --dataset=mmwhs --output_dir=DIR [--num_patients=20] \
       [--seed=0] [--scale=1.0] [--modalities=ct,mr]
 
@@ -12,6 +14,10 @@ values and typical voxel grids (REFERENCE.md section 5).
   mscmr: DIR/images/patientN_{C0,LGE,T2}.nii.gz and
          DIR/labels/{C0,LGE,T2}/patientN_{C0,LGE,T2}_manual.nii.gz (N = 1..num_patients);
          short-axis stacks along array axis 2; labels 500 LV, 200 myo, 600 RV.
+  mscmr --release=myops: MyoPS 2020's layout, DIR/train25/myops_training_1NN_{C0,DE,T2}
+         .nii.gz on one grid per patient, DIR/train25_myops_gd/myops_training_1NN_gd.nii.gz
+         (500 LV, 600 RV, 200 myo, 1220 edema, 2221 scar) and unlabelled
+         DIR/test20/myops_test_2NN_{C0,DE,T2}.nii.gz (csa_tf/data/phantom/myops_layout.py).
   mmwhs: DIR/{ct,mr}_train/{ct,mr}_train_NNNN_{image,label}.nii.gz (NNNN = 1001..);
          3D labels 205, 420, 500, 550, 600, 820, 850 (and a few stray 421 in
          mr_train_1010, as in the release).
@@ -22,6 +28,7 @@ from absl import flags
 
 from csa_tf import cli
 from csa_tf.data.phantom import RELEASE_PATIENTS, generate_phantoms
+from csa_tf.data.phantom.release import MYOPS_TRAIN_PATIENTS, PHANTOM_RELEASES
 from csa_tf.configs import datasets
 
 FLAGS = flags.FLAGS
@@ -32,8 +39,12 @@ def define_flags():
   flags.DEFINE_string("dataset", None, "Release layout to imitate: mscmr or mmwhs.")
   flags.DEFINE_string("output_dir", None, "Folder to write (new, empty, or an older "
                       "phantom of the same dataset).")
+  flags.DEFINE_enum("release", "full", list(PHANTOM_RELEASES),
+                    "Layout: full (the dataset's release, every label) or myops (mscmr "
+                    "only: MyoPS 2020's co-registered sequences and label values).")
   flags.DEFINE_integer("num_patients", None, "Patients to draw (default: the release's "
-                       "count, 45 for mscmr and 20 for mmwhs).")
+                       "count, 45 for mscmr, 25 training patients for myops and 20 for "
+                       "mmwhs).")
   flags.DEFINE_integer("seed", 0, "Seed of the phantom set.")
   flags.DEFINE_float("scale", 1.0, "Grid shrink factor in (0, 1]: fewer, larger voxels "
                      "over the same anatomy (e.g. 0.25 for a CPU demo).")
@@ -46,11 +57,13 @@ def main(argv):
   spec = datasets.get_spec(FLAGS.dataset)
   num_patients = FLAGS.num_patients
   if num_patients is None:
-    num_patients = RELEASE_PATIENTS[spec.name]
+    num_patients = (MYOPS_TRAIN_PATIENTS if FLAGS.release == "myops"
+                    else RELEASE_PATIENTS[spec.name])
   written = generate_phantoms(spec.name, FLAGS.output_dir, num_patients=num_patients,
                               seed=FLAGS.seed, scale=FLAGS.scale,
-                              modalities=FLAGS.modalities)
-  print(f"wrote {len(written)} files of a {spec.name} phantom to {FLAGS.output_dir}")
+                              modalities=FLAGS.modalities, release=FLAGS.release)
+  layout = "" if FLAGS.release == "full" else f" ({FLAGS.release} layout)"
+  print(f"wrote {len(written)} files of a {spec.name} phantom{layout} to {FLAGS.output_dir}")
 
 
 if __name__ == "__main__":

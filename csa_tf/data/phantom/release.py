@@ -10,6 +10,7 @@ from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError, param
 from csa_tf.io import atomic
 from csa_tf.data.phantom.anatomy import PhantomGeometry
+from csa_tf.data.phantom.myops_layout import write_myops
 from csa_tf.data.phantom.sampling import _check_scale, sample_geometry
 from csa_tf.data.phantom.short_axis import _render_short_axis
 from csa_tf.data.phantom.whole_heart import _render_whole_heart
@@ -19,6 +20,10 @@ MARKER_NAME = "csa_phantom.json"
 MAX_PATIENTS = 999
 # The releases' patient counts, the CLI's default --num_patients.
 RELEASE_PATIENTS = {"mscmr": 45, "mmwhs": 20}
+# Layouts of a dataset's phantom (--release): full, the dataset's own release with every
+# label; myops, MS-CMRSeg's patients as MyoPS 2020 ships them (myops_layout.py).
+PHANTOM_RELEASES = ("full", "myops")
+MYOPS_TRAIN_PATIENTS = 25  # MyoPS 2020's train25/, the default --num_patients there.
 
 
 def render(geometry: PhantomGeometry) -> Tuple[np.ndarray, np.ndarray]:
@@ -102,8 +107,52 @@ def _check_output_dir(output_dir: str, dataset: str) -> None:
         f"replace it with {dataset}, choose another folder")
 
 
+def _write_release(release: str, spec: datasets.DatasetSpec, staging: str,
+                   output_dir: str, *, keys: List[str], num_patients: int, seed: int,
+                   scale: float, progress) -> List[str]:
+  """Writes the files of one phantom layout into staging; returns their final paths.
+
+  Raises:
+    CsaInputError: a layout the dataset has not (myops is MS-CMRSeg's only).
+  """
+  if release not in PHANTOM_RELEASES:
+    raise CsaInputError(f"{param('release', release)}: expected one of "
+                        f"{list(PHANTOM_RELEASES)}")
+  if release == "myops":
+    if spec is not datasets.MSCMR:
+      raise CsaInputError(f"{param('release', release)}: a layout of "
+                          f"{param('dataset', 'mscmr')} only")
+    return write_myops(staging, output_dir, keys=keys, num_patients=num_patients,
+                       seed=seed, scale=scale, write=_write_nifti, progress=progress)
+  return _write_full(spec, staging, output_dir, keys=keys, num_patients=num_patients,
+                     seed=seed, scale=scale, progress=progress)
+
+
+def _write_full(spec: datasets.DatasetSpec, staging: str, output_dir: str, *,
+                keys: List[str], num_patients: int, seed: int, scale: float,
+                progress) -> List[str]:
+  """The dataset's own release layout, every volume with its label."""
+  written = []
+  first = 1 if spec is datasets.MSCMR else 1001
+  for index, patient in enumerate(range(first, first + num_patients), 1):
+    grids = []
+    for modality in keys:
+      geometry = sample_geometry(spec.name, patient, modality, seed=seed, scale=scale)
+      image, label = render(geometry)
+      for relative, data in zip(_relative_paths(spec.name, patient, modality),
+                                (image, label)):
+        _write_nifti(os.path.join(staging, relative), data, geometry)
+        written.append(os.path.join(output_dir, relative))
+      grids.append(f"{modality} {'x'.join(map(str, geometry.shape))}")
+    if progress is not None:
+      progress(f"phantom {spec.name} patient {patient} ({index}/{num_patients}): "
+               + ", ".join(grids))
+  return written
+
+
 def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed: int = 0,
-                      scale: float = 1.0, modalities=None, progress=print) -> List[str]:
+                      scale: float = 1.0, modalities=None, progress=print,
+                      release: str = "full") -> List[str]:
   """Writes a phantom release of `dataset` into output_dir.
 
   The files are written into a temporary sibling folder that is renamed to output_dir
@@ -120,6 +169,8 @@ def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed:
     modalities: modality keys (list or comma-separated; MS-CMRSeg also takes C0 for
       bssfp); None for all of the dataset's.
     progress: called with one line per patient; None for silence.
+    release: the layout, one of PHANTOM_RELEASES (myops: csa_tf/data/phantom/
+      myops_layout.py; num_patients then counts train25/ patients).
 
   Returns:
     The written NIfTI paths under output_dir (image then label, patient by patient).
@@ -145,24 +196,13 @@ def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed:
 
   staged = atomic.StagedFolder(output_dir)
   staging = staged.path
-  written = []
   try:
-    first = 1 if spec is datasets.MSCMR else 1001
-    for index, patient in enumerate(range(first, first + num_patients), 1):
-      grids = []
-      for modality in keys:
-        geometry = sample_geometry(spec.name, patient, modality, seed=seed, scale=scale)
-        image, label = render(geometry)
-        for relative, data in zip(_relative_paths(spec.name, patient, modality),
-                                  (image, label)):
-          _write_nifti(os.path.join(staging, relative), data, geometry)
-          written.append(os.path.join(output_dir, relative))
-        grids.append(f"{modality} {'x'.join(map(str, geometry.shape))}")
-      if progress is not None:
-        progress(f"phantom {spec.name} patient {patient} ({index}/{num_patients}): "
-                 + ", ".join(grids))
+    written = _write_release(release, spec, staging, output_dir, keys=keys,
+                             num_patients=num_patients, seed=seed, scale=scale,
+                             progress=progress)
     marker = dict(generator="data_prep.phantom", dataset=spec.name, seed=seed,
-                  scale=scale, num_patients=num_patients, modalities=keys)
+                  scale=scale, num_patients=num_patients, modalities=keys,
+                  release=release)
     atomic.write_json(os.path.join(staging, MARKER_NAME), marker, indent=2,
                       final_newline=False)
     _check_output_dir(output_dir, spec.name)  # It may have changed while we drew.
