@@ -10,7 +10,7 @@ import os
 from typing import Callable, Dict, List, Optional
 
 from csa_tf import metrics
-from csa_tf.evaluation import tables
+from csa_tf.evaluation import cross_release, tables
 from csa_tf.errors import CsaInputError
 from csa_tf.io import atomic
 from csa_tf.data.prepared import SPLITS_FILE, PreparedDataset
@@ -36,14 +36,18 @@ def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str =
   prepared.check_fits(config)
   if split == "test":
     check_no_leak(run, prepared, config)
+  warning = cross_release.cross_release_warning(run, prepared)
+  if warning:
+    log(f"warning: {warning}")
   # It writes into the run folder (eval/): its one writer from now on, so that a
   # training under way is refused at once, not after the evaluation.
   with RunLock(model_dir, log=log):
-    return _evaluate(run, prepared, split=split, batch_size=batch_size, log=log)
+    return _evaluate(run, prepared, split=split, batch_size=batch_size, log=log,
+                     warning=warning)
 
 
 def _evaluate(run: RunDir, prepared: PreparedDataset, *, split: str, batch_size: int,
-              log: Callable[[str], None]) -> dict:
+              log: Callable[[str], None], warning: Optional[str] = None) -> dict:
   """`evaluate_run` after its checks, under the run folder's lock."""
   config = run.config
   # TensorFlow loads only after the cheap checks, so that they fail fast.
@@ -79,6 +83,7 @@ def _evaluate(run: RunDir, prepared: PreparedDataset, *, split: str, batch_size:
                 modalities=list(config.modalities),
                 class_names=list(spec.class_names),
                 missing_structure_policy=metrics.MISSING_STRUCTURE_POLICY,
+                release=prepared.release, cross_release_warning=warning,
                 summary=summary)
   atomic.write_json(run.summary_path(split), json_safe(report), sort_keys=True)
   log(tables.markdown_tables(spec, config.modalities,
