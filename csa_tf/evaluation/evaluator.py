@@ -25,6 +25,9 @@ def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str =
                  batch_size: int = 16, log: Callable[[str], None] = print) -> dict:
   """Evaluates the latest checkpoint of model_dir; returns the summary dict (as written).
 
+  A PREP of another release of the run's training cohort is evaluated with a warning
+  line, recorded as the summary's "cross_release_warning" (cross_release.py).
+
   Raises:
     CsaInputError: model_dir or PREP is missing or does not fit the run, the PREP's
       test split holds patients the run was trained on, or another process is writing
