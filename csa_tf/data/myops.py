@@ -22,7 +22,7 @@ from csa_tf.data import preparation
 # train25/myops_training_1NN_{C0,DE,T2}.nii.gz, train25_myops_gd/myops_training_1NN_gd.nii.gz,
 # test20/myops_test_2NN_{C0,DE,T2}.nii.gz; found by name anywhere under the raw folder.
 _FILE_PATTERN = re.compile(r"myops_(training|test)_(\d+)_(C0|DE|T2|gd)\.nii(?:\.gz)?")
-_SEQUENCE_NAMES = "{" + ",".join(datasets.MYOPS_SEQUENCE_TAGS.values()) + "}"
+_SEQUENCE_NAMES = "{" + ",".join(sorted(datasets.MYOPS_SEQUENCE_TAGS.values())) + "}"
 
 
 def patient_id(number: int) -> str:
