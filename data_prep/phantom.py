@@ -63,7 +63,8 @@ def main(argv):
                               seed=FLAGS.seed, scale=FLAGS.scale,
                               modalities=FLAGS.modalities, release=FLAGS.release)
   layout = "" if FLAGS.release == "full" else f" ({FLAGS.release} layout)"
-  print(f"wrote {len(written)} files of a {spec.name} phantom{layout} to {FLAGS.output_dir}")
+  print(f"wrote {len(written)} files of a {spec.name} phantom{layout} to "
+        f"{FLAGS.output_dir}")
 
 
 if __name__ == "__main__":

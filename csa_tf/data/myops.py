@@ -19,8 +19,8 @@ from csa_tf.data.slicing import ORIENTATION_HEADER, short_axis_ornt
 from csa_tf.data import discovery
 from csa_tf.data import preparation
 
-# train25/myops_training_1NN_{C0,DE,T2}.nii.gz, train25_myops_gd/myops_training_1NN_gd.nii.gz,
-# test20/myops_test_2NN_{C0,DE,T2}.nii.gz; found by name anywhere under the raw folder.
+# train25/myops_training_1NN_{C0,DE,T2}.nii.gz, train25_myops_gd/myops_training_1NN_gd
+# .nii.gz and test20/myops_test_2NN_{C0,DE,T2}.nii.gz, found by name anywhere under RAW.
 _FILE_PATTERN = re.compile(r"myops_(training|test)_(\d+)_(C0|DE|T2|gd)\.nii(?:\.gz)?")
 _SEQUENCE_NAMES = "{" + ",".join(sorted(datasets.MYOPS_SEQUENCE_TAGS.values())) + "}"
 
@@ -85,7 +85,8 @@ def prepare_myops(raw_dir: str, output_dir: str, *,
   images, labels, test_files, unrequested = _sort_files(
       found, {tag_of[m]: m for m in modalities})
   if not labels and not images:
-    also = f" (only {len(test_files)} test20 files, which have no labels)" if test_files else ""
+    also = (f" (only {len(test_files)} test20 files, which have no labels)"
+            if test_files else "")
     raise CsaInputError(
         f"{raw_dir}: no MyoPS training files (train25/myops_training_NNN_{_SEQUENCE_NAMES}"
         f".nii.gz with train25_myops_gd/myops_training_NNN_gd.nii.gz){also}")

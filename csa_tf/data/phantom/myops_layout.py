@@ -34,7 +34,8 @@ _T2_EDEMA_GAIN = 0.8  # T2 signal of edema over normal myocardium, a fraction mo
 
 
 def num_test_patients(num_patients: int) -> int:
-  """test20/ patients drawn beside num_patients training ones (20 beside the release's 25)."""
+  """test20/ patients drawn beside num_patients training ones (20 beside 25, as in the
+  release)."""
   return min(MAX_MYOPS_PATIENTS, max(1, round(num_patients * 20 / 25)))
 
 
@@ -75,7 +76,8 @@ def myops_label(geometry: PhantomGeometry, label: np.ndarray) -> np.ndarray:
   shapes = _short_axis_shapes(geometry.heart, x, y, w)
   myo = label == datasets.MSCMR.label_values[1]
   out = label.copy()
-  out[myo & (_scar_distance(shapes, w, edema_sector(geometry.heart.scar)) < 0)] = EDEMA_VALUE
+  edema = _scar_distance(shapes, w, edema_sector(geometry.heart.scar)) < 0
+  out[myo & edema] = EDEMA_VALUE
   out[myo & (_scar_distance(shapes, w, geometry.heart.scar) < 0)] = SCAR_VALUE
   return out
 
