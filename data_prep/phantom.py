@@ -2,6 +2,8 @@ r"""Synthetic cardiac phantoms in the MS-CMRSeg 2019 and MM-WHS 2017 release lay
 
   python -m data_prep.phantom --dataset=mscmr --output_dir=DIR [--num_patients=45] \
       [--seed=0] [--scale=1.0] [--modalities=lge,bssfp,t2] [--release=full|challenge]
+  python -m data_prep.phantom --dataset=mscmr --release=myops --output_dir=DIR \
+      [--num_patients=25] [--seed=0] [--scale=1.0] [--modalities=lge,bssfp,t2]
   python -m data_prep.phantom --dataset=mmwhs --output_dir=DIR [--num_patients=20] \
       [--seed=0] [--scale=1.0] [--modalities=ct,mr]
 
@@ -19,6 +21,10 @@ values and typical voxel grids (REFERENCE.md section 5).
          --num_patients, at least 2), NaN voxels in T2 images and in some T2 labels,
          stray labelled voxels at an image corner in some C0 and T2 labels
          (csa_tf/data/phantom/challenge.py says which).
+  mscmr --release=myops: MyoPS 2020's layout, DIR/train25/myops_training_1NN_{C0,DE,T2}
+         .nii.gz on one grid per patient, DIR/train25_myops_gd/myops_training_1NN_gd.nii.gz
+         (500 LV, 600 RV, 200 myo, 1220 edema, 2221 scar) and unlabelled
+         DIR/test20/myops_test_2NN_{C0,DE,T2}.nii.gz (csa_tf/data/phantom/myops_layout.py).
   mmwhs: DIR/{ct,mr}_train/{ct,mr}_train_NNNN_{image,label}.nii.gz (NNNN = 1001..);
          3D labels 205, 420, 500, 550, 600, 820, 850 (and a few stray 421 in
          mr_train_1010, as in the release).
@@ -29,6 +35,7 @@ from absl import flags
 
 from csa_tf import cli
 from csa_tf.data.phantom import RELEASE_PATIENTS, RELEASES, generate_phantoms
+from csa_tf.data.phantom.release import MYOPS_TRAIN_PATIENTS
 from csa_tf.configs import datasets
 
 FLAGS = flags.FLAGS
@@ -40,7 +47,8 @@ def define_flags():
   flags.DEFINE_string("output_dir", None, "Folder to write (new, empty, or an older "
                       "phantom of the same dataset).")
   flags.DEFINE_integer("num_patients", None, "Patients to draw (default: the release's "
-                       "count, 45 for mscmr and 20 for mmwhs).")
+                       "count, 45 for mscmr, 25 training patients for myops and 20 for "
+                       "mmwhs).")
   flags.DEFINE_integer("seed", 0, "Seed of the phantom set.")
   flags.DEFINE_float("scale", 1.0, "Grid shrink factor in (0, 1]: fewer, larger voxels "
                      "over the same anatomy (e.g. 0.25 for a CPU demo).")
@@ -49,7 +57,8 @@ def define_flags():
   flags.DEFINE_enum("release", "full", list(RELEASES), "Copy of the release to imitate: "
                     "full (every volume labelled) or, for mscmr, challenge (the "
                     "challenge copy: its folders, labels for some patients only, NaN and "
-                    "stray voxels).")
+                    "stray voxels) or myops (MyoPS 2020's co-registered sequences and "
+                    "label values).")
 
 
 def main(argv):
@@ -57,11 +66,14 @@ def main(argv):
   spec = datasets.get_spec(FLAGS.dataset)
   num_patients = FLAGS.num_patients
   if num_patients is None:
-    num_patients = RELEASE_PATIENTS[spec.name]
+    num_patients = (MYOPS_TRAIN_PATIENTS if FLAGS.release == "myops"
+                    else RELEASE_PATIENTS[spec.name])
   written = generate_phantoms(spec.name, FLAGS.output_dir, num_patients=num_patients,
                               seed=FLAGS.seed, scale=FLAGS.scale,
                               modalities=FLAGS.modalities, release=FLAGS.release)
-  print(f"wrote {len(written)} files of a {spec.name} phantom to {FLAGS.output_dir}")
+  layout = "" if FLAGS.release == "full" else f" ({FLAGS.release} layout)"
+  print(f"wrote {len(written)} files of a {spec.name} phantom{layout} to "
+        f"{FLAGS.output_dir}")
 
 
 if __name__ == "__main__":

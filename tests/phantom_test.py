@@ -358,7 +358,7 @@ def test_an_error_leaves_no_partial_output(tmp_path, monkeypatch):
     (dict(modalities=["lge", "LGE"]), "list each modality once"),
     (dict(modalities=[]), "list each modality once"),
     (dict(dataset="acdc"), "unknown dataset 'acdc'"),
-    (dict(release="beta"), "^release=beta: expected full or challenge for mscmr"),
+    (dict(release="beta"), "^release=beta: expected full, challenge or myops for mscmr"),
     (dict(dataset="mmwhs", release="challenge"), "^release=challenge: expected full for "
                                                  "mmwhs"),
 ])

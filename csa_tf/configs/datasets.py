@@ -96,6 +96,49 @@ MSCMR_CHALLENGE = MscmrChallengeCopy(
     labelled_patients={"lge": 5, "bssfp": 35, "t2": 35},
 )
 
+
+# MyoPS 2020 holds MS-CMRSeg's classes and sequences (REFERENCE.md section 5b): its PREP is
+# an "mscmr" PREP, so runs move between the two releases. Its one label per patient adds
+# two pathology values inside the myocardium, read as normal myocardium (200):
+# 1220 edema, 2221 scar.
+MYOPS_LABELS = dataclasses.replace(
+    MSCMR, known_raw_values=MSCMR.known_raw_values | {1220, 2221},
+    raw_value_aliases={1220: 200, 2221: 200})
+# MyoPS' file-name tag of each modality (DE, delayed enhancement, is LGE).
+MYOPS_SEQUENCE_TAGS = {"lge": "DE", "bssfp": "C0", "t2": "T2"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+  """One distribution of a dataset's scans, recorded in PREP (prep_meta.json "release").
+
+  Attributes:
+    name: the key PREP records, e.g. "myops2020".
+    title: how people call it, e.g. "MyoPS 2020".
+    dataset: the DatasetSpec name its PREP holds.
+    cohort: releases with the same cohort may hold the same patients under other ids,
+      so a run trained on one and tested on the other may be tested on its training
+      patients (csa_tf/evaluation/cross_release.py warns).
+  """
+  name: str
+  title: str
+  dataset: str
+  cohort: str
+
+
+# Both come from X. Zhuang's group, 45 patients with bSSFP, LGE and T2 each; no public
+# source found states whether they are the same patients (README "Data").
+_ZHUANG_CMR = "Zhuang group's 45-patient multi-sequence CMR cohort"
+MYOPS2020 = Release("myops2020", "MyoPS 2020", "mscmr", _ZHUANG_CMR)
+RELEASES = {release.name: release for release in (
+    Release("mscmr2019", "MS-CMRSeg 2019", "mscmr", _ZHUANG_CMR),
+    MYOPS2020,
+    Release("mmwhs2017", "MM-WHS 2017", "mmwhs", "MM-WHS 2017"),
+)}
+# The release of a PREP that records none (made before releases were recorded, or by
+# data_prep.mscmr / data_prep.mmwhs).
+DEFAULT_RELEASE = {"mscmr": "mscmr2019", "mmwhs": "mmwhs2017"}
+
 _SPECS = {spec.name: spec for spec in (MSCMR, MMWHS)}
 # The supported datasets' names, e.g. the choices of a --dataset flag.
 DATASETS = tuple(_SPECS)

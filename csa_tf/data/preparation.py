@@ -292,7 +292,8 @@ def run_preparation(output_dir: str, *, spec: DatasetSpec, settings: dict,
                     overwrite: bool, jobs, modalities: Sequence[str],
                     split_ids: Optional[Dict[str, List[str]]] = None,
                     split_groups: Optional[List[List[str]]] = None,
-                    unlabelled: Sequence[dict] = ()) -> str:
+                    unlabelled: Sequence[dict] = (), notes: Sequence[str] = (),
+                    extra_meta: Optional[dict] = None) -> str:
   """Prepares every (image, label, modality, patient_id, ornt) job and writes PREP.
 
   Args:
@@ -303,6 +304,7 @@ def run_preparation(output_dir: str, *, spec: DatasetSpec, settings: dict,
       patients with the same prepared modalities (`split_by_labelled_modalities`; one
       group when every patient has every modality).
     unlabelled: the images left out for want of a label (`PrepWriter.commit`).
+    notes, extra_meta: what the converter reports beyond the volumes (PrepWriter.commit).
 
   Returns:
     The summary text.
@@ -342,7 +344,7 @@ def run_preparation(output_dir: str, *, spec: DatasetSpec, settings: dict,
       for line in warnings:
         print(line, flush=True)
     return writer.commit(split_ids, modalities, unlabelled=unlabelled,
-                         warnings=warnings)
+                         warnings=warnings, notes=notes, extra_meta=extra_meta)
   except BaseException:
     writer.abort()
     raise

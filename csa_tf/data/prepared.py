@@ -367,6 +367,12 @@ class PreparedDataset:
     return self.meta.get("settings", {}).get("orientation", default)
 
   @property
+  def release(self) -> str:
+    """The release it was prepared from (a datasets.RELEASES key); PREPs that record
+    none come from the dataset's default release (datasets.DEFAULT_RELEASE)."""
+    return self.meta.get("release") or datasets.DEFAULT_RELEASE[self.spec.name]
+
+  @property
   def meta_path(self) -> str:
     return os.path.join(self.prep_dir, META_FILE)
 

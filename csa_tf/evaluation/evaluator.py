@@ -16,7 +16,7 @@ import os
 from typing import Callable, Dict, List, Optional
 
 from csa_tf import metrics
-from csa_tf.evaluation import tables
+from csa_tf.evaluation import cross_release, tables
 from csa_tf.errors import CsaInputError
 from csa_tf.io import atomic
 from csa_tf.data.prepared import SPLITS_FILE, PreparedDataset
@@ -36,6 +36,9 @@ def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str =
                  batch_size: int = 16, log: Callable[[str], None] = print) -> dict:
   """Evaluates the latest checkpoint of model_dir; returns the summary dict (as written).
 
+  A PREP of another release of the run's training cohort is evaluated with a warning
+  line, recorded as the summary's "cross_release_warning" (cross_release.py).
+
   Raises:
     CsaInputError: model_dir or PREP is missing or does not fit the run, the PREP's
       test split holds patients the run was trained on, or another process is writing
@@ -47,14 +50,18 @@ def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str =
   prepared.check_fits(config)
   if split == "test":
     check_no_leak(run, prepared, config)
+  warning = cross_release.cross_release_warning(run, prepared)
+  if warning:
+    log(f"warning: {warning}")
   # It writes into the run folder (eval/): its one writer from now on, so that a
   # training under way is refused at once, not after the evaluation.
   with RunLock(model_dir, log=log):
-    return _evaluate(run, prepared, split=split, batch_size=batch_size, log=log)
+    return _evaluate(run, prepared, split=split, batch_size=batch_size, log=log,
+                     warning=warning)
 
 
 def _evaluate(run: RunDir, prepared: PreparedDataset, *, split: str, batch_size: int,
-              log: Callable[[str], None]) -> dict:
+              log: Callable[[str], None], warning: Optional[str] = None) -> dict:
   """`evaluate_run` after its checks, under the run folder's lock."""
   config = run.config
   # TensorFlow loads only after the cheap checks, so that they fail fast.
@@ -102,6 +109,7 @@ def _evaluate(run: RunDir, prepared: PreparedDataset, *, split: str, batch_size:
                 missing_structure_policy=metrics.MISSING_STRUCTURE_POLICY,
                 scored_against=(SCORED_AGAINST_CROP if cropped_only
                                 else SCORED_AGAINST_FILE),
+                release=prepared.release, cross_release_warning=warning,
                 summary=summary)
   atomic.write_json(run.summary_path(split), json_safe(report), sort_keys=True)
   log(tables.markdown_tables(spec, config.modalities,

@@ -11,6 +11,7 @@ from csa_tf.errors import CsaInputError, param
 from csa_tf.io import atomic
 from csa_tf.data.phantom import challenge
 from csa_tf.data.phantom.anatomy import PhantomGeometry
+from csa_tf.data.phantom.myops_layout import write_myops
 from csa_tf.data.phantom.sampling import _check_scale, sample_geometry
 from csa_tf.data.phantom.short_axis import _render_short_axis
 from csa_tf.data.phantom.whole_heart import _render_whole_heart
@@ -20,9 +21,12 @@ MARKER_NAME = "csa_phantom.json"
 MAX_PATIENTS = 999
 # The releases' patient counts, the CLI's default --num_patients.
 RELEASE_PATIENTS = {"mscmr": 45, "mmwhs": 20}
-# The copies of a release a phantom can imitate: "full" (every volume labelled, the
-# layout the paper used) or MS-CMRSeg's "challenge" copy (csa_tf/data/phantom/challenge.py).
-RELEASES = ("full", "challenge")
+# The copies of a release a phantom can imitate (--release): "full" (every volume
+# labelled, the layout the paper used), MS-CMRSeg's "challenge" copy
+# (csa_tf/data/phantom/challenge.py) or MS-CMRSeg's patients as MyoPS 2020 ships them
+# (csa_tf/data/phantom/myops_layout.py).
+RELEASES = ("full", "challenge", "myops")
+MYOPS_TRAIN_PATIENTS = 25  # MyoPS 2020's train25/, the default --num_patients there.
 
 
 def render(geometry: PhantomGeometry) -> Tuple[np.ndarray, np.ndarray]:
@@ -119,6 +123,53 @@ def _check_output_dir(output_dir: str, dataset: str) -> None:
         f"replace it with {dataset}, choose another folder")
 
 
+def _write_release(release: str, spec: datasets.DatasetSpec, staging: str,
+                   output_dir: str, *, keys: List[str], num_patients: int, seed: int,
+                   scale: float, progress) -> List[str]:
+  """Writes the files of one phantom layout (checked by _check_release) into staging;
+  returns their final paths."""
+  if release == "myops":
+    return write_myops(staging, output_dir, keys=keys, num_patients=num_patients,
+                       seed=seed, scale=scale, write=_write_nifti, progress=progress)
+  return _write_full(spec, release, staging, output_dir, keys=keys,
+                     num_patients=num_patients, seed=seed, scale=scale, progress=progress)
+
+
+def _check_release(release: str, spec: datasets.DatasetSpec) -> None:
+  """Raises CsaInputError for a layout the dataset has not (challenge and myops are
+  MS-CMRSeg's only)."""
+  allowed = RELEASES if spec is datasets.MSCMR else ("full",)
+  if release not in allowed:
+    names = (", ".join(allowed[:-1]) + " or " + allowed[-1] if len(allowed) > 1
+             else allowed[0])
+    raise CsaInputError(f"{param('release', release)}: expected {names} for {spec.name}")
+
+
+def _write_full(spec: datasets.DatasetSpec, release: str, staging: str, output_dir: str,
+                *, keys: List[str], num_patients: int, seed: int, scale: float,
+                progress) -> List[str]:
+  """The dataset's own release layout ("full": every volume with its label), or
+  MS-CMRSeg's challenge copy (_volume_files)."""
+  written = []
+  first = 1 if spec is datasets.MSCMR else 1001
+  for index, patient in enumerate(range(first, first + num_patients), 1):
+    grids = []
+    for modality in keys:
+      geometry = sample_geometry(spec.name, patient, modality, seed=seed, scale=scale)
+      image, label = render(geometry)
+      files = _volume_files(spec.name, release, patient, modality, image, label,
+                            seed=seed, num_patients=num_patients)
+      for relative, data in files:
+        _write_nifti(os.path.join(staging, relative), data, geometry)
+        written.append(os.path.join(output_dir, relative))
+      grids.append(f"{modality} {'x'.join(map(str, geometry.shape))}"
+                   + ("" if len(files) == 2 else " (no label)"))
+    if progress is not None:
+      progress(f"phantom {spec.name} patient {patient} ({index}/{num_patients}): "
+               + ", ".join(grids))
+  return written
+
+
 def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed: int = 0,
                       scale: float = 1.0, modalities=None, progress=print,
                       release: str = "full") -> List[str]:
@@ -138,8 +189,10 @@ def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed:
     modalities: modality keys (list or comma-separated; MS-CMRSeg also takes C0 for
       bssfp); None for all of the dataset's.
     progress: called with one line per patient; None for silence.
-    release: "full" (every volume labelled) or, for mscmr, "challenge": the challenge
-      copy's folders, unlabelled patients, NaN and stray voxels (phantom/challenge.py).
+    release: one of RELEASES: "full" (every volume labelled) or, for mscmr,
+      "challenge" (the challenge copy's folders, unlabelled patients, NaN and stray
+      voxels: phantom/challenge.py) or "myops" (phantom/myops_layout.py; num_patients
+      then counts train25/ patients).
 
   Returns:
     The written NIfTI paths under output_dir (image then label, patient by patient;
@@ -157,10 +210,7 @@ def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed:
   if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
     raise CsaInputError(f"{param('seed', seed)}: must be a non-negative integer")
   _check_scale(scale)
-  if release not in RELEASES or (release == "challenge" and spec is not datasets.MSCMR):
-    raise CsaInputError(f"{param('release', release)}: expected "
-                        f"{' or '.join(RELEASES) if spec is datasets.MSCMR else 'full'} "
-                        f"for {spec.name}")
+  _check_release(release, spec)
   keys = _parse_modalities(spec, modalities)
   if not output_dir:
     raise CsaInputError(f"{param('output_dir')} is required")
@@ -170,24 +220,10 @@ def generate_phantoms(dataset: str, output_dir: str, *, num_patients: int, seed:
 
   staged = atomic.StagedFolder(output_dir)
   staging = staged.path
-  written = []
   try:
-    first = 1 if spec is datasets.MSCMR else 1001
-    for index, patient in enumerate(range(first, first + num_patients), 1):
-      grids = []
-      for modality in keys:
-        geometry = sample_geometry(spec.name, patient, modality, seed=seed, scale=scale)
-        image, label = render(geometry)
-        files = _volume_files(spec.name, release, patient, modality, image, label,
-                              seed=seed, num_patients=num_patients)
-        for relative, data in files:
-          _write_nifti(os.path.join(staging, relative), data, geometry)
-          written.append(os.path.join(output_dir, relative))
-        grids.append(f"{modality} {'x'.join(map(str, geometry.shape))}"
-                     + ("" if len(files) == 2 else " (no label)"))
-      if progress is not None:
-        progress(f"phantom {spec.name} patient {patient} ({index}/{num_patients}): "
-                 + ", ".join(grids))
+    written = _write_release(release, spec, staging, output_dir, keys=keys,
+                             num_patients=num_patients, seed=seed, scale=scale,
+                             progress=progress)
     marker = dict(generator="data_prep.phantom", dataset=spec.name, seed=seed,
                   scale=scale, num_patients=num_patients, modalities=keys)
     if release != "full":  # A full release's marker stays as it always was.

@@ -16,7 +16,8 @@ from csa_tf.data.phantom.anatomy import (
     ShortAxisHeart, Tube, WholeHeart, _heart_world_bounds)
 
 
-_DATASET_KEYS = {"mscmr": 1, "mmwhs": 2}
+# Random-stream keys of each layout's draws (MyoPS: its scars and appearance).
+_DATASET_KEYS = {"mscmr": 1, "mmwhs": 2, "myops": 3}
 _RENDER_STREAM = 100  # Random-stream offset of a volume's appearance and noise.
 _MIN_SIZE = 16  # Smallest in-plane matrix at tiny scales.
 _MIN_SLICES = 8  # Smallest MM-WHS slice count at tiny scales.

@@ -63,15 +63,31 @@ def _short_axis_shapes(heart: ShortAxisHeart, x, y, w) -> Dict[str, np.ndarray]:
       heart=np.where(taper_epi > 0, np.minimum(d_epi, r - rv_outer), np.inf))
 
 
-def _render_short_axis(geometry: PhantomGeometry) -> Tuple[np.ndarray, np.ndarray]:
-  """Draws an MS-CMRSeg short-axis stack slice-wise in the image's mm frame."""
-  heart: ShortAxisHeart = geometry.heart
+def _scar_distance(shapes, w, scar) -> np.ndarray:
+  """Signed distance (mm, negative inside) of a myocardial sector: a scar
+  (angle, half_width, transmurality, w_start, w_end) in `_short_axis_shapes`' frame."""
+  scar_angle, half_width, transmurality, start, end = scar
+  r, theta, endo, epi = shapes["r"], shapes["theta"], shapes["endo"], shapes["epi"]
+  d_sector = (np.abs(_wrap(theta - scar_angle)) - half_width)[..., None] * r
+  d_scar = np.maximum(np.maximum(shapes["myo"], d_sector),
+                      r - (endo + transmurality * (epi - endo)))
+  return np.where((w >= start) & (w <= end), d_scar, np.inf)
+
+
+def _short_axis_frame(geometry: PhantomGeometry):
+  """(x [X, 1], y [1, Y], w [Z]): voxel centres in the image's mm frame (float32)."""
   nx, ny, _ = geometry.shape
   sx, sy, _ = geometry.spacing
   x = ((np.arange(nx) - (nx - 1) / 2.0) * sx).astype(np.float32)[:, None]
   y = ((np.arange(ny) - (ny - 1) / 2.0) * sy).astype(np.float32)[None, :]
-  w = np.asarray(heart.slice_positions, np.float32)
-  shapes = _short_axis_shapes(heart, x, y, w)
+  return x, y, np.asarray(geometry.heart.slice_positions, np.float32)
+
+
+def _render_short_axis(geometry: PhantomGeometry) -> Tuple[np.ndarray, np.ndarray]:
+  """Draws an MS-CMRSeg short-axis stack slice-wise in the image's mm frame."""
+  sx, sy, _ = geometry.spacing
+  x, y, w = _short_axis_frame(geometry)
+  shapes = _short_axis_shapes(geometry.heart, x, y, w)
 
   lv_value, myo_value, rv_value = datasets.MSCMR.label_values
   label = np.zeros(geometry.shape, np.uint16)
@@ -117,13 +133,7 @@ def _short_axis_image(geometry: PhantomGeometry, shapes, x, y, w) -> np.ndarray:
     d_pap = np.hypot(x[..., None] - px, y[..., None] - py) - 0.18 * heart.endo_radius
     values = _blend(values, np.where(papillary_band, d_pap, np.inf), tissue["myo"], voxel)
   if heart.scar is not None:
-    scar_angle, half_width, transmurality, start, end = heart.scar
-    endo, epi = shapes["endo"], shapes["epi"]
-    d_sector = (np.abs(_wrap(theta - scar_angle)) - half_width)[..., None] * r
-    d_scar = np.maximum(np.maximum(shapes["myo"], d_sector),
-                        r - (endo + transmurality * (epi - endo)))
-    d_scar = np.where((w >= start) & (w <= end), d_scar, np.inf)
-    values = _blend(values, d_scar, tissue["scar"], voxel)
+    values = _blend(values, _scar_distance(shapes, w, heart.scar), tissue["scar"], voxel)
 
   # Texture (independent per slice), bias field and Rician noise of a magnitude image.
   texture = ndimage.gaussian_filter(rng.standard_normal(geometry.shape, np.float32),
