@@ -17,7 +17,8 @@ import tensorflow as tf
 # The CSA loss's option lists (area norms, reductions, default layer pairs) are declared
 # once, beside the training options that choose them, in a module that loads no
 # TensorFlow; they stay importable as csa_tf.losses.AREA_NORMS etc.
-from csa_tf.configs.train_config import AREA_NORMS, DEFAULT_CSA_PAIRS, REDUCTIONS
+from csa_tf.configs.train_config import (AFFINITIES, AREA_NORMS, DEFAULT_CSA_PAIRS,
+                                         REDUCTIONS)
 
 # Applied to every sum over the batch before a loss is formed from it; a cross-replica
 # all-reduce under tf.distribute makes each loss that of the global batch (see
@@ -242,13 +243,15 @@ def _inverse_norm(sq_norm):
 
 def class_affinity_matrices(feat_l, feat_k, labels, *, num_classes: int,
                             area_norm: str = "count", class_specific: bool = True,
-                            batch_sum: BatchSum = None):
+                            batch_sum: BatchSum = None, affinity: str = "cosine"):
   """Batch-pooled class-specific affinity matrices of one modality (paper Eq. 2-3).
 
   The larger feature map is average-pooled to the smaller one's size and `labels` are
   resized to that size by nearest neighbour. For class c, channel m of layer l and
   channel n of layer k give `a_mn = cos(x_m * M_c, y_n * M_c) / S_c`, where each masked
-  channel is one vector over all B*h*w positions of the batch (REFERENCE.md s. 2).
+  channel is one vector over all B*h*w positions of the batch (REFERENCE.md s. 2); with
+  affinity="dot", `a_mn = <x_m * M_c, y_n * M_c> / S_c = sum_p M_c(p) x_m(p) y_n(p) / S_c`
+  (with S_c = count: the mean of x_m y_n over the class region).
   All classes are computed at once with dense one-hot masks and one einsum (XLA-friendly).
 
   Args:
@@ -261,15 +264,18 @@ def class_affinity_matrices(feat_l, feat_k, labels, *, num_classes: int,
     class_specific: False uses one all-ones mask (the "Affinity" baseline).
     batch_sum: applied to the batch sums (dot products, squared norms, pixel counts),
       e.g. a cross-replica all-reduce; None: none.
+    affinity: "cosine" (Eq. 3 as written) or "dot" (see above).
 
   Returns:
     (affinity [K, M, N], present [K] bool) with K = num_classes, or 1 when not
     class-specific; `present` marks classes with at least one pixel (their affinity is 0).
 
   Raises:
-    ValueError: bad ranks, non-static or non-integer-ratio spatial sizes, bad area_norm.
+    ValueError: bad ranks, non-static or non-integer-ratio spatial sizes, bad area_norm
+      or affinity.
   """
   _check_choice("area_norm", area_norm, AREA_NORMS)
+  _check_choice("affinity", affinity, AFFINITIES)
   feat_l = tf.convert_to_tensor(feat_l)
   feat_k = tf.convert_to_tensor(feat_k)
   labels = tf.convert_to_tensor(labels)
@@ -304,9 +310,12 @@ def class_affinity_matrices(feat_l, feat_k, labels, *, num_classes: int,
   if batch_sum is not None:
     dots, sq_norm_x, sq_norm_y = batch_sum(dots), batch_sum(sq_norm_x), batch_sum(sq_norm_y)
     counts, positions = batch_sum(counts), batch_sum(positions)
-  inv_norm_x = _inverse_norm(sq_norm_x)
-  inv_norm_y = _inverse_norm(sq_norm_y)
-  cosine = dots * inv_norm_x[:, :, None] * inv_norm_y[:, None, :]
+  if affinity == "cosine":
+    inv_norm_x = _inverse_norm(sq_norm_x)
+    inv_norm_y = _inverse_norm(sq_norm_y)
+    similarity = dots * inv_norm_x[:, :, None] * inv_norm_y[:, None, :]
+  else:
+    similarity = dots
 
   present = counts > 0
   if area_norm == "count":
@@ -315,14 +324,13 @@ def class_affinity_matrices(feat_l, feat_k, labels, *, num_classes: int,
     area = counts / positions
   else:
     area = tf.ones_like(counts)
-  affinity = tf.math.divide_no_nan(cosine, area[:, None, None])
-  return affinity, present
+  return tf.math.divide_no_nan(similarity, area[:, None, None]), present
 
 
 def csa_loss(feat_l_a, feat_k_a, labels_a, feat_l_b, feat_k_b, labels_b, *,
              num_classes: int, area_norm: str = "count",
              reduction: str = "mean_then_square", class_specific: bool = True,
-             batch_sum: BatchSum = None):
+             batch_sum: BatchSum = None, affinity: str = "cosine"):
   """Class-specific affinity (CSA) consistency loss between two modalities (paper Eq. 4).
 
   Each modality's batch gives affinity matrices A_c [M, N] between layers l and k (see
@@ -344,12 +352,13 @@ def csa_loss(feat_l_a, feat_k_a, labels_a, feat_l_b, feat_k_b, labels_b, *,
     reduction: "mean_then_square" (default) or "square_then_mean".
     class_specific: False gives the non-class-specific "Affinity" baseline.
     batch_sum: see `class_affinity_matrices`.
+    affinity: "cosine" (Eq. 3 as written) or "dot"; see `class_affinity_matrices`.
 
   Returns:
     Scalar loss.
 
   Raises:
-    ValueError: bad area_norm or reduction, bad ranks, channel counts that differ between
+    ValueError: bad area_norm, affinity or reduction, bad ranks, channel counts that differ between
       the modalities, or spatial sizes without an integer ratio.
   """
   _check_choice("area_norm", area_norm, AREA_NORMS)
@@ -363,7 +372,7 @@ def csa_loss(feat_l_a, feat_k_a, labels_a, feat_l_b, feat_k_b, labels_b, *,
   dtype = _compute_dtype(*feats)
   feat_l_a, feat_k_a, feat_l_b, feat_k_b = [tf.cast(f, dtype) for f in feats]
   kw = dict(num_classes=num_classes, area_norm=area_norm, class_specific=class_specific,
-            batch_sum=batch_sum)
+            batch_sum=batch_sum, affinity=affinity)
   affinity_a, present_a = class_affinity_matrices(feat_l_a, feat_k_a, labels_a, **kw)
   affinity_b, present_b = class_affinity_matrices(feat_l_b, feat_k_b, labels_b, **kw)
   diff = affinity_a - affinity_b

@@ -242,6 +242,37 @@ def test_csa_loss_golden_with_pooling_and_nearest_label_resize():
   np.testing.assert_allclose(expected, 0.5006616, rtol=1e-6)
 
 
+def test_dot_affinity_golden():
+  # The case above: class 1 at (0,0), (0,1), (1,0) with x = [1, 2, 3], y = [2, 1, 2]:
+  #   <x, y> = 2 + 2 + 6 = 10; S_1 = 3 -> a = 10/3 (the mean of x*y over the region);
+  # class 0 at (1,1): x = [4], y = [0] -> <x, y> = 0.
+  labels = tf.constant([[[0, 0, 0, 0], [0, 1, 0, 1], [0, 0, 0, 0], [0, 1, 0, 0]]])
+  feat_k = tf.constant([[1, 3, 0, 0], [1, 3, 0, 4], [2, 2, 0, 0], [2, 2, 0, 0]],
+                       tf.float32)[None, :, :, None]
+  feat_l = tf.constant([[1, 2], [3, 4]], tf.float32)[None, :, :, None]
+  dot, present = losses.class_affinity_matrices(feat_l, feat_k, labels, num_classes=2,
+                                                affinity="dot")
+  np.testing.assert_array_equal(present.numpy(), [True, True])
+  np.testing.assert_allclose(dot.numpy()[:, 0, 0], [0.0, 10 / 3], rtol=1e-6)
+  # fraction: S_1 = 3/4 -> 40/3; none: 10. Unlike the cosine, doubling the features
+  # quadruples the dot affinity.
+  for area_norm, expected in (("fraction", 40 / 3), ("none", 10.0)):
+    got, _ = losses.class_affinity_matrices(feat_l, feat_k, labels, num_classes=2,
+                                            area_norm=area_norm, affinity="dot")
+    np.testing.assert_allclose(got.numpy()[1, 0, 0], expected, rtol=1e-6)
+  doubled, _ = losses.class_affinity_matrices(2 * feat_l, 2 * feat_k, labels,
+                                              num_classes=2, affinity="dot")
+  np.testing.assert_allclose(doubled.numpy(), 4 * dot.numpy(), rtol=1e-6)
+  # Modality b all ones: class 1 <1, 1> = 3 over S = 3 -> 1; class 0 -> 1.
+  # loss = ((0 - 1)^2 + (10/3 - 1)^2) / 2 = (1 + 49/9) / 2 = 29/9
+  got = losses.csa_loss(feat_l, feat_k, labels, tf.ones_like(feat_l), tf.ones_like(feat_k),
+                        labels, num_classes=2, affinity="dot")
+  np.testing.assert_allclose(got.numpy(), 29 / 9, rtol=1e-6)
+  with pytest.raises(ValueError, match="affinity"):
+    losses.class_affinity_matrices(feat_l, feat_k, labels, num_classes=2,
+                                   affinity="cos")
+
+
 # ----------------------------------------------------------------------------- CSA reference
 
 
@@ -262,7 +293,8 @@ def _np_nearest(labels, h, w):
   return labels[:, rows][:, :, cols]
 
 
-def _np_affinity(feat_l, feat_k, labels, num_classes, area_norm, class_specific):
+def _np_affinity(feat_l, feat_k, labels, num_classes, area_norm, class_specific,
+                 affinity="cosine"):
   """Literal per-class, per-channel-pair reference of REFERENCE.md section 2."""
   feat_l = np.asarray(feat_l, np.float64)
   feat_k = np.asarray(feat_k, np.float64)
@@ -275,7 +307,7 @@ def _np_affinity(feat_l, feat_k, labels, num_classes, area_norm, class_specific)
   small = _np_nearest(np.asarray(labels), h, w)
   masks = ([small == c for c in range(num_classes)] if class_specific
            else [np.ones_like(small, bool)])
-  affinity = np.zeros((len(masks), m_count, n_count))
+  matrices = np.zeros((len(masks), m_count, n_count))
   present = np.zeros(len(masks), bool)
   for c, mask in enumerate(masks):
     count = mask.sum()
@@ -288,15 +320,20 @@ def _np_affinity(feat_l, feat_k, labels, num_classes, area_norm, class_specific)
       for n in range(n_count):
         y = feat_k[..., n][mask]
         norms = np.linalg.norm(x) * np.linalg.norm(y)
-        cos = x @ y / norms if norms > 0 else 0.0
-        affinity[c, m, n] = cos / area
-  return affinity, present
+        if affinity == "dot":
+          similarity = x @ y
+        else:
+          similarity = x @ y / norms if norms > 0 else 0.0
+        matrices[c, m, n] = similarity / area
+  return matrices, present
 
 
 def _np_csa(la, ka, ya, lb, kb, yb, num_classes, area_norm="count",
-            reduction="mean_then_square", class_specific=True):
-  aff_a, pres_a = _np_affinity(la, ka, ya, num_classes, area_norm, class_specific)
-  aff_b, pres_b = _np_affinity(lb, kb, yb, num_classes, area_norm, class_specific)
+            reduction="mean_then_square", class_specific=True, affinity="cosine"):
+  aff_a, pres_a = _np_affinity(la, ka, ya, num_classes, area_norm, class_specific,
+                               affinity)
+  aff_b, pres_b = _np_affinity(lb, kb, yb, num_classes, area_norm, class_specific,
+                               affinity)
   terms = []
   for c in range(aff_a.shape[0]):
     if pres_a[c] and pres_b[c]:
@@ -322,8 +359,10 @@ def _random_case(seed, dtype=np.float32, l_size=4, k_size=8, labels_size=16, bat
 @pytest.mark.parametrize("area_norm", losses.AREA_NORMS)
 @pytest.mark.parametrize("reduction", losses.REDUCTIONS)
 @pytest.mark.parametrize("class_specific", [True, False])
-def test_csa_loss_matches_numpy_reference(area_norm, reduction, class_specific):
-  kw = dict(area_norm=area_norm, reduction=reduction, class_specific=class_specific)
+@pytest.mark.parametrize("affinity", losses.AFFINITIES)
+def test_csa_loss_matches_numpy_reference(area_norm, reduction, class_specific, affinity):
+  kw = dict(area_norm=area_norm, reduction=reduction, class_specific=class_specific,
+            affinity=affinity)
   # k larger than l (pool k), and l larger than k (pool l); unpaired batch sizes 2 and 3.
   for case in (_random_case(0), _random_case(1, l_size=8, k_size=4)):
     expected = _np_csa(*case, num_classes=3, **kw)

@@ -9,6 +9,7 @@ and each modality's BN set holds its own values, so that routing a batch through
 modality's BN set changes the numbers.
 """
 import functools
+import dataclasses
 import itertools
 
 import numpy as np
@@ -143,7 +144,7 @@ def _pair_loss(name, a, b, logits, feats, batches, config):
   return float(losses.csa_pairs_loss(
       feats[a], labels_a, feats[b], labels_b, config.csa_pairs,
       num_classes=config.num_classes, area_norm=config.csa_area_norm,
-      reduction=config.csa_reduction, class_specific=True))
+      reduction=config.csa_reduction, class_specific=True, affinity=config.csa_affinity))
 
 
 def _expected_terms(bundle, batches, config):
@@ -262,8 +263,42 @@ def test_single_networks_share_nothing():
   np.testing.assert_array_equal(bssfp(images, modality="bssfp").numpy(), before["bssfp"])
 
 
-def test_joint_has_one_bn_set_fed_the_concatenated_batch():
+def test_csa_total_takes_the_dot_reading_when_asked():
+  config, bundle, batches = _fresh("csa", csa_affinity="dot")
+  total, terms = objective.compute_losses(bundle, batches, config, training=False)
+  expected = _expected_terms(bundle, batches, config)
+  np.testing.assert_allclose(float(terms["csa"]), expected["csa"], rtol=RTOL)
+  np.testing.assert_allclose(float(total), _expected_total(expected, TWO), rtol=RTOL)
+  cosine = _expected_terms(bundle, batches, dataclasses.replace(config,
+                                                                csa_affinity="cosine"))
+  # Not the cosine reading under another name.
+  assert abs(expected["csa"] - cosine["csa"]) > 0.5 * max(expected["csa"], cosine["csa"])
+
+
+def test_joint_has_one_bn_set_fed_each_modality_in_its_own_pass():
   config, bundle, batches = _fresh("joint")
+  assert config.joint_bn == "separate"  # REFERENCE.md section 1
+  net = bundle.networks["lge"]
+  assert bundle.networks["bssfp"] is net and len(bundle.unique_networks) == 1
+  logits, features = objective.forward(bundle, batches, config, training=True,
+                                       with_features=True)
+  for modality in ("lge", "bssfp"):
+    # Training mode: the shared BN normalises with this modality's batch statistics.
+    direct, taps = net.call_with_features(batches[modality][0], modality="lge",
+                                          training=True)
+    np.testing.assert_allclose(logits[modality], direct, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(features[modality]["g4"], taps["g4"], rtol=1e-5,
+                               atol=1e-5)
+  plain, _ = objective.forward(bundle, batches, config, training=True)
+  np.testing.assert_allclose(plain["bssfp"], logits["bssfp"], rtol=1e-5, atol=1e-5)
+  # ... not with those of the mixed batch.
+  mixed = net(tf.concat([batches["lge"][0], batches["bssfp"][0]], axis=0), modality="lge",
+              training=True)
+  assert np.abs(logits["lge"] - mixed[:2]).max() > 0.1
+
+
+def test_joint_concat_has_one_bn_set_fed_the_concatenated_batch():
+  config, bundle, batches = _fresh("joint", joint_bn="concat")
   net = bundle.networks["lge"]
   assert bundle.networks["bssfp"] is net and len(bundle.unique_networks) == 1
   sites = net.bn_layers()

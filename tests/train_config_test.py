@@ -54,11 +54,13 @@ TODAYS_FLAGS = {
     "log_every": (int, 50), "image_summary_every": (int, 0), "strategy": ("enum", "default"),
     "dataset": ("enum", "mscmr"), "phantom_patients": (int, 8),
     "phantom_scale": (float, 0.25), "crop_size": (int, 64), "input_slices": (int, 1),
+    "csa_affinity": ("enum", "cosine"), "joint_bn": ("enum", "separate"),
 }
 TODAYS_ENUMS = {
     "method": ["single", "ummkd", "joint", "msbn", "affinity", "csa"],
     "csa_area_norm": ["count", "fraction", "none"],
     "csa_reduction": ["mean_then_square", "square_then_mean"],
+    "csa_affinity": ["cosine", "dot"], "joint_bn": ["separate", "concat"],
     "mixed_precision": ["off", "bf16", "fp16"],
     "strategy": ["default", "mirrored", "multi_worker"],
     "dataset": ["mscmr", "mmwhs"],
@@ -143,6 +145,10 @@ PAPER_SETTING = dict(
     log_every=100, seed=0)
 
 
+# Fields declared after TODAYS_CONFIG_JSON was written, with their defaults.
+ADDED_FIELDS = dict(csa_affinity="cosine", joint_bn="separate")
+
+
 @pytest.mark.parametrize("flagfile,spec,crop_size,expected", [
     ("mscmr.flags", datasets.MSCMR, 224,
      dict(PAPER_SETTING, modalities=["lge", "bssfp"], train_steps=50000)),
@@ -156,7 +162,8 @@ def test_flagfiles(flagfile, spec, crop_size, expected):
   config, values = _config_from(
       [f"--flagfile={os.path.join(ROOT, 'experiments', flagfile)}", "--model_dir=RUN"],
       spec=spec, crop_size=crop_size)
-  untouched = json.loads(TODAYS_CONFIG_JSON)  # Every other field keeps its default.
+  # Every other field keeps its default.
+  untouched = dict(json.loads(TODAYS_CONFIG_JSON), **ADDED_FIELDS)
   assert config.to_json() == dict(
       untouched, model_dir="RUN", data_dir="PREP", dataset=spec.name,
       num_classes=spec.num_classes, crop_size=crop_size, **expected)
@@ -177,8 +184,13 @@ def test_todays_config_json_loads_and_round_trips(tmp_path):
   config = run.load_config()
   assert config.lam == 0.5 and config.csa_pairs[0] == ("g3", "g4")
   assert config.modalities == ("lge", "bssfp") and config.labelled_slices_only is True
-  assert config.validate().to_json() == json.loads(TODAYS_CONFIG_JSON)
+  assert config.validate().to_json() == dict(json.loads(TODAYS_CONFIG_JSON),
+                                              **ADDED_FIELDS)
   assert config_lib.TrainConfig.from_json(config.to_json()) == config
+  # A Joint run of then passed both batches through one forward; it resumes that way.
+  joint = config_lib.TrainConfig.from_json(dict(json.loads(TODAYS_CONFIG_JSON),
+                                                method="joint"))
+  assert joint.joint_bn == "concat"
 
 
 # ---------------------------------------------------------------------------------------

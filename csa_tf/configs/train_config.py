@@ -53,6 +53,13 @@ METHOD_LABELS = {name: spec.label for name, spec in METHODS.items()}
 AREA_NORMS = ("count", "fraction", "none")
 # Eq. 4 literally (square of the mean difference) or the mean of squared differences.
 REDUCTIONS = ("mean_then_square", "square_then_mean")
+# a_mn of Eq. 3: the cosine of the masked channels (as written), or their masked dot
+# product (sum over the region; divided by S_c = count, a mean over the region, as the
+# FSP matrices of Yim et al., CVPR 2017, which Eq. 4 resembles).
+AFFINITIES = ("cosine", "dot")
+# "Joint": each modality's batch through the one BN set in its own forward pass
+# (REFERENCE.md section 1), or both batches concatenated into one.
+JOINT_BN = ("separate", "concat")
 # Adjacent intermediate layers at several feature scales: the paper picks "feature maps
 # from the intermediate layer" and "layers relatively close to each other" at "multiple
 # feature scales" (Sec. 3, Implementation; Sec. 1). g3 (H/4, 4F) is average-pooled onto
@@ -166,6 +173,14 @@ class TrainConfig:
   csa_reduction: str = option(
       "mean_then_square", choices=REDUCTIONS,
       help="Eq. 4 literally (mean_then_square) or mean of squares.")
+  csa_affinity: str = option(
+      "cosine", choices=AFFINITIES,
+      help="a_mn of Eq. 3: cosine of the masked channels (as written) or their masked "
+      "dot product, then divided by S_c.")
+  joint_bn: str = option(
+      "separate", choices=JOINT_BN,
+      help="Joint: one forward pass per modality through the shared BN set (separate, "
+      "REFERENCE.md section 1) or one pass of the concatenated batches (concat).")
   kd_temperature: float = option(2.0, check=options.positive,
                                  help="UMMKD's softmax temperature.")
   seed: int = option(0, help="Seed of weights, dropout and the input streams.")
@@ -294,6 +309,9 @@ class TrainConfig:
   def from_json(cls, values: dict) -> "TrainConfig":
     known = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in values.items() if k in known}
+    if "joint_bn" not in values and values.get("method") == "joint":
+      # A Joint run made before the option passed both batches in one forward.
+      values["joint_bn"] = "concat"
     values["modalities"] = tuple(values["modalities"])
     values["csa_pairs"] = tuple(tuple(pair) for pair in values.get("csa_pairs", ()))
     return cls(**values)

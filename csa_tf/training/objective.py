@@ -37,9 +37,21 @@ def forward(bundle: ModelBundle, batches, config: TrainConfig, *, training: bool
   modalities = list(config.modalities)
   wanted = {name for pair in config.csa_pairs for name in pair}
   logits, features = {}, {}
+  if spec.shared_bn and config.joint_bn == "separate":
+    # "Joint": one network with one BN set, each modality's batch in its own forward
+    # pass (REFERENCE.md section 1): BN normalises with that batch's statistics.
+    shared = bundle.networks[modalities[0]]
+    for name in modalities:
+      if with_features and wanted:
+        logits[name], taps = shared.call_with_features(
+            batches[name][0], modality=modalities[0], training=training)
+        features[name] = {tap: taps[tap] for tap in wanted}
+      else:
+        logits[name] = shared(batches[name][0], modality=modalities[0], training=training)
+    return logits, features
   if spec.shared_bn:
-    # "Joint": one network with one BN set trained on both modalities together, so the
-    # BN statistics are those of the mixed batch.
+    # "Joint" with joint_bn="concat": both batches in one forward pass, so the BN
+    # statistics are those of the mixed batch.
     net = bundle.networks[modalities[0]]
     sizes = [tf.shape(batches[m][0])[0] for m in modalities]
     joint_images = tf.concat([batches[m][0] for m in modalities], axis=0)
@@ -122,7 +134,7 @@ def losses_from_outputs(bundle: ModelBundle, batches, logits, features,
         pair_losses.append(losses.csa_pairs_loss(
             features[a], batches[a][1], features[b], batches[b][1], config.csa_pairs,
             num_classes=config.num_classes, area_norm=config.csa_area_norm,
-            reduction=config.csa_reduction,
+            reduction=config.csa_reduction, affinity=config.csa_affinity,
             class_specific=spec.extra_loss == "csa", batch_sum=batch_sum))
     terms[spec.extra_loss] = tf.add_n(pair_losses) / len(pair_losses)
     total += config.lam * terms[spec.extra_loss]

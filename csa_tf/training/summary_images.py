@@ -155,7 +155,7 @@ def step_outputs(batches, logits, features, config: TrainConfig, *,
       entry["affinity"], _ = losses.class_affinity_matrices(
           features[modality][layer_l], features[modality][layer_k], labels,
           num_classes=config.num_classes, area_norm=config.csa_area_norm,
-          batch_sum=batch_sum)
+          affinity=config.csa_affinity, batch_sum=batch_sum)
     out[modality] = entry
   return out
 

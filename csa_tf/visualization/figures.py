@@ -261,7 +261,7 @@ def affinity_figure(run: _Run, prepared: PreparedDataset, path: str, *,
         images, modality=modality, training=False)
     affinity, _ = losses.class_affinity_matrices(
         taps[pair[0]], taps[pair[1]], labels, num_classes=spec.num_classes,
-        area_norm=config.csa_area_norm)
+        area_norm=config.csa_area_norm, affinity=config.csa_affinity)
     matrices[modality] = (np.asarray(affinity), len(chosen))
   rows, cols = len(config.modalities), spec.num_classes
   fig, axes = plt.subplots(rows, cols, squeeze=False, figsize=(2.9 * cols, 2.7 * rows + 0.7))
@@ -282,7 +282,8 @@ def affinity_figure(run: _Run, prepared: PreparedDataset, path: str, *,
       fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
   count = min(n for _, n in matrices.values())
   fig.suptitle(f"{run.label.splitlines()[0]}: class-specific affinity {pair[0]} x {pair[1]} "
-               f"(Eq. 3, S_c = {config.csa_area_norm}), {count} test slices per modality",
+               f"(Eq. 3, {config.csa_affinity}, S_c = {config.csa_area_norm}), {count} test "
+               "slices per modality",
                fontsize=10)
   fig.tight_layout(rect=(0, 0, 1, 0.95))
   _save(fig, path)
