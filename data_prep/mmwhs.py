@@ -9,7 +9,8 @@ orientation from its header (never from the array axes), takes coronal slices, r
 them in-plane to one pixel size per modality (auto: the finest at which every training
 heart fits the box; recorded in prep_meta.json), crops them with one crop_size box
 enclosing the four paper structures (205 LVM, 420 LAC, 500 LVC, 820 AA; the rest is
-background; the release's stray 421 is read as 420), z-scores each slice, and splits each modality's patients (different people in CT and MR) 80/20.
+background; the release's stray 421 is read as 420), z-scores each slice, and splits
+each modality's patients (different people in CT and MR) 80/20.
 """
 from absl import flags
 
