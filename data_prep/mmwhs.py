@@ -2,18 +2,21 @@ r"""Prepares MM-WHS 2017 for csa_tf (REFERENCE.md section 5; paper Sec. 3).
 
   python -m data_prep.mmwhs --raw_dir=RAW --output_dir=PREP \
       [--modalities=ct,mr] [--crop_size=256] [--test_fraction=0.2] [--seed=0] \
-      [--non_finite=repair|refuse]
+      [--non_finite=repair|refuse] [--in_plane_spacing=auto|native|MM]
 
 Finds `{ct,mr}_train_10xx_{image,label}.nii.gz` anywhere under RAW, reads each volume's
-orientation from its header (never from the array axes), takes coronal slices, crops them
-with one crop_size box enclosing the four paper structures (205 LVM, 420 LAC, 500 LVC,
-820 AA; the rest is background; the release's stray 421 is read as 420), z-scores each
-slice, and splits each modality's patients (different people in CT and MR) 80/20.
+orientation from its header (never from the array axes), takes coronal slices, resamples
+them in-plane to one pixel size per modality (auto: the finest at which every training
+heart fits the box; recorded in prep_meta.json), crops them with one crop_size box
+enclosing the four paper structures (205 LVM, 420 LAC, 500 LVC, 820 AA; the rest is
+background; the release's stray 421 is read as 420), z-scores each slice, and splits
+each modality's patients (different people in CT and MR) 80/20.
 """
 from absl import flags
 
 from csa_tf import cli
 from csa_tf.configs import datasets
+from csa_tf.data import in_plane_spacing
 from csa_tf.data.mmwhs import prepare_mmwhs
 from csa_tf.io import non_finite
 
@@ -32,6 +35,7 @@ def define_flags():
   flags.DEFINE_bool("overwrite", False, "Replace an existing preparation in --output_dir.")
   flags.DEFINE_enum("non_finite", non_finite.REPAIR, list(non_finite.NON_FINITE_POLICIES),
                     non_finite.FLAG_HELP)
+  flags.DEFINE_string("in_plane_spacing", in_plane_spacing.AUTO, in_plane_spacing.FLAG_HELP)
 
 
 def main(argv):
@@ -39,7 +43,8 @@ def main(argv):
   summary = prepare_mmwhs(FLAGS.raw_dir, FLAGS.output_dir, modalities=FLAGS.modalities,
                           crop_size=FLAGS.crop_size, test_fraction=FLAGS.test_fraction,
                           seed=FLAGS.seed, overwrite=FLAGS.overwrite,
-                          non_finite=FLAGS.non_finite)
+                          non_finite=FLAGS.non_finite,
+                          in_plane_spacing=FLAGS.in_plane_spacing)
   print(summary, end="")
   print(f"prepared data written to {FLAGS.output_dir}")
 

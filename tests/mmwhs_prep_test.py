@@ -46,7 +46,9 @@ def test_stray_421_reads_as_left_atrium(tmp_path):
   label = np.asanyarray(img.dataobj).copy()
   label[label == 420] = 421
   write_nifti(path, label, img.affine)
-  prepare_mmwhs(raw, str(tmp_path / "prep"), modalities=["mr"], crop_size=32)
+  # On the native grid, so the slices hold the file's voxels one for one.
+  prepare_mmwhs(raw, str(tmp_path / "prep"), modalities=["mr"], crop_size=32,
+                in_plane_spacing="native")
   prepared = PreparedDataset.open(str(tmp_path / "prep"))
   entry = [e for e in prepared.entries if e.patient_id == "mr_train_1001"][0]
   assert (prepared.load(entry).label == 2).sum() == (label == 421).sum() > 0

@@ -327,3 +327,86 @@ def test_short_axis_slices_of_an_lps_copy_equal_the_ras_scan():
   # Pasting back lands in the input's own orientation.
   np.testing.assert_array_equal(lps.from_slices(lps.to_slices(flipped))[:12, :9],
                                 flipped)
+
+
+# In-plane resampling (VolumeGeometry.zoom; MM-WHS --in_plane_spacing).
+
+def _coronal_geometry(shape, zoom, crop_size, origin=(0, 0)):
+  """A geometry whose standard array is the volume itself (identity orientation)."""
+  ornt = np.array([[0, 1], [1, 1], [2, 1]], dtype=np.float64)
+  return slicing.VolumeGeometry(tuple(shape), ornt, origin, crop_size, zoom)
+
+
+def test_resample_by_half_averages_pixel_pairs():
+  # zoom 0.5: network pixel j samples (j + 0.5) / 0.5 - 0.5 = 2j + 0.5, the mean of
+  # pixels 2j and 2j + 1.
+  standard = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+  geometry = _coronal_geometry(standard.shape, (0.5, 0.5), 8)
+  assert geometry.network_grid_shape == (1, 2, 2)
+  out = geometry.resample(standard, order=1)
+  # rows (0, 1) and columns (0, 1): (0 + 1 + 4 + 5) / 4 = 2.5; then + 2, + 8, + 10.
+  np.testing.assert_allclose(out[0], [[2.5, 4.5], [10.5, 12.5]])
+
+
+def test_resample_linear_equals_map_coordinates_nearest_edges():
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  standard = rng.normal(size=(2, 13, 9)).astype(np.float32)
+  geometry = _coronal_geometry(standard.shape, (1.37, 0.61), 16)
+  out = geometry.resample(standard, order=1)
+  _, height, width = geometry.network_grid_shape
+  assert (height, width) == (round(13 * 1.37), round(9 * 0.61)) == (18, 5)
+  rows = (np.arange(height) + 0.5) / 1.37 - 0.5
+  cols = (np.arange(width) + 0.5) / 0.61 - 0.5
+  grid = np.meshgrid(rows, cols, indexing="ij")
+  for k in range(2):
+    expected = ndimage.map_coordinates(standard[k].astype(np.float64), grid, order=1,
+                                       mode="nearest")
+    np.testing.assert_allclose(out[k], expected, atol=1e-5)
+
+
+def test_nearest_label_round_trip_up_by_two_is_exact():
+  # zoom 2: each pixel becomes two network pixels; back, pixel i takes network pixel
+  # floor((i + 0.5) * 2) = 2i + 1, which samples pixel floor(2i + 1.5 / 2 - 0.5 + 0.5) = i.
+  label = np.random.default_rng(1).integers(0, 5, (3, 7, 6)).astype(np.uint8)
+  geometry = _coronal_geometry(label.shape, (2.0, 2.0), 16, origin=(-1, 2))
+  slices = geometry.to_slices(label, order=0)
+  assert slices.shape == (3, 16, 16)
+  back = geometry.from_slices(slices)
+  # The box (rows -1..14 of 14, columns 2..17 of 12) drops network columns 0-1 only,
+  # i.e. original column 0.
+  np.testing.assert_array_equal(back[:, :, 1:], label[:, :, 1:])
+  assert not back[:, :, 0].any()
+
+
+def test_nearest_label_round_trip_down_differs_only_at_boundaries():
+  # A CT-like slice: a disc of radius 60 pixels at 0.35 mm (42 mm) on 0.6 mm pixels
+  # (zoom 0.35 / 0.6) and back.
+  yy, xx = np.mgrid[:200, :200]
+  disc = ((yy - 97.3) ** 2 + (xx - 101.6) ** 2 < 60 ** 2).astype(np.uint8)
+  label = np.stack([disc, 2 * disc])
+  zoom = (0.35 / 0.6, 0.35 / 0.6)
+  geometry = _coronal_geometry(label.shape, zoom, 128)
+  back = geometry.from_slices(geometry.to_slices(label, order=0))
+  wrong = back != label
+  # Measured: 189 of the disc's 11,316 pixels per slice (1.7%) disagree, all of them
+  # within one network pixel (1.7 original pixels) of the disc's edge.
+  assert int(wrong[0].sum()) == 189 and int(disc.sum()) == 11316
+  radius = np.hypot(yy - 97.3, xx - 101.6)
+  assert np.all(np.abs(radius[wrong[0]] - 60) < 1 / zoom[0])
+  np.testing.assert_array_equal(wrong[1], wrong[0])
+
+
+def test_old_geometry_without_zoom_is_not_resampled():
+  geometry = _coronal_geometry((2, 5, 7), (1.0, 1.0), 8)
+  standard = np.ones((2, 5, 7), np.int16)
+  assert not geometry.resampled and geometry.network_grid_shape == (2, 5, 7)
+  assert geometry.resample(standard, order=1) is standard
+
+
+def test_in_plane_zoom_follows_the_standard_axes():
+  # Array axis 0 becomes the columns, axis 1 the slices, axis 2 the rows.
+  ornt = np.array([[2, 1], [0, -1], [1, -1]], dtype=np.float64)
+  assert slicing.standard_spacing((0.4, 0.7, 0.5), ornt) == (0.7, 0.5, 0.4)
+  assert slicing.in_plane_zoom((0.4, 0.7, 0.5), ornt, 0.8) == (0.5 / 0.8, 0.4 / 0.8)
+  assert slicing.in_plane_zoom((0.4, 0.7, 0.5), ornt, None) == (1.0, 1.0)

@@ -13,7 +13,7 @@ from csa_tf.errors import CsaInputError, param
 from csa_tf.io import atomic
 from csa_tf.io.nifti import Volume, check_not_blank
 from csa_tf.data import heart_region
-from csa_tf.data.slicing import VolumeGeometry, enclosing_crop_origin
+from csa_tf.data.slicing import VolumeGeometry, enclosing_crop_origin, in_plane_zoom
 
 
 def map_labels(raw: np.ndarray, spec: DatasetSpec, path: str) -> np.ndarray:
@@ -68,9 +68,14 @@ def check_same_grid(image: Volume, label: Volume) -> None:
 
 
 def prepare_volume(image: Volume, label: Volume, *, spec: DatasetSpec, modality: str,
-                   patient_id: str, ornt: np.ndarray,
-                   crop_size: int) -> (prepared.PreparedVolume, bool):
-  """Maps, reorients, crops and z-scores one image/label pair.
+                   patient_id: str, ornt: np.ndarray, crop_size: int,
+                   in_plane_spacing: Optional[float] = None
+                   ) -> (prepared.PreparedVolume, bool):
+  """Maps, reorients, resamples, crops and z-scores one image/label pair.
+
+  With `in_plane_spacing` (mm) the standard slices are first resampled in-plane to it
+  (VolumeGeometry.zoom): the image linearly, the label by nearest label (order 0); the
+  crop box is then found and cut on that grid. None: slices on the original grid.
 
   The crop box encloses the heart: the annotated regions csa_tf.data.heart_region
   finds to belong to it. Stray islands far from it are left out of the box and set to
@@ -100,10 +105,11 @@ def prepare_volume(image: Volume, label: Volume, *, spec: DatasetSpec, modality:
                         f"{names}); fix the label or move the pair out of "
                         f"{param('raw_dir')}")
   region = heart_region.find_heart(classes, image.spacing, class_names=spec.class_names)
-  probe = VolumeGeometry(tuple(image.data.shape), ornt, (0, 0), crop_size)
-  standard_labels = probe.to_standard(region.heart_only(classes))
+  zoom = in_plane_zoom(image.spacing, ornt, in_plane_spacing)
+  probe = VolumeGeometry(tuple(image.data.shape), ornt, (0, 0), crop_size, zoom)
+  standard_labels = probe.resample(probe.to_standard(region.heart_only(classes)), order=0)
   origin, fits = enclosing_crop_origin(standard_labels, crop_size)
-  geometry = VolumeGeometry(tuple(image.data.shape), ornt, origin, crop_size)
+  geometry = VolumeGeometry(tuple(image.data.shape), ornt, origin, crop_size, zoom)
   volume = prepared.PreparedVolume(
       patient_id=patient_id,
       modality=modality,
@@ -293,7 +299,8 @@ def run_preparation(output_dir: str, *, spec: DatasetSpec, settings: dict,
                     split_ids: Optional[Dict[str, List[str]]] = None,
                     split_groups: Optional[List[List[str]]] = None,
                     unlabelled: Sequence[dict] = (), notes: Sequence[str] = (),
-                    extra_meta: Optional[dict] = None) -> str:
+                    extra_meta: Optional[dict] = None,
+                    in_plane_spacing: Optional[Dict[str, float]] = None) -> str:
   """Prepares every (image, label, modality, patient_id, ornt) job and writes PREP.
 
   Args:
@@ -305,6 +312,8 @@ def run_preparation(output_dir: str, *, spec: DatasetSpec, settings: dict,
       group when every patient has every modality).
     unlabelled: the images left out for want of a label (`PrepWriter.commit`).
     notes, extra_meta: what the converter reports beyond the volumes (PrepWriter.commit).
+    in_plane_spacing: {modality: mm} to resample that modality's slices to
+      (`prepare_volume`); a modality not in it (or None) is not resampled.
 
   Returns:
     The summary text.
@@ -316,7 +325,8 @@ def run_preparation(output_dir: str, *, spec: DatasetSpec, settings: dict,
       image, label, modality, patient_id, ornt = job()
       volume, fits = prepare_volume(image, label, spec=spec, modality=modality,
                                     patient_id=patient_id, ornt=ornt,
-                                    crop_size=settings["crop_size"])
+                                    crop_size=settings["crop_size"],
+                                    in_plane_spacing=(in_plane_spacing or {}).get(modality))
       repaired = repaired_files(image, label, settings.get("raw_dir", ""))
       writer.add(volume, fits, non_finite=repaired)
       modalities_of.setdefault(patient_id, []).append(modality)

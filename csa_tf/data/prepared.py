@@ -152,6 +152,9 @@ def save_volume(path: str, volume: PreparedVolume) -> None:
       ornt=np.asarray(volume.geometry.ornt, dtype=np.float64),
       crop_origin=np.array(volume.geometry.crop_origin, dtype=np.int64),
       crop_size=np.array(volume.geometry.crop_size, dtype=np.int64),
+      # Only resampled geometries store their zoom: other PREPs stay as before.
+      **(dict(zoom=np.array(volume.geometry.zoom, dtype=np.float64))
+         if volume.geometry.resampled else {}),
       spacing=np.array(volume.spacing, dtype=np.float64),
       affine=np.asarray(volume.affine, dtype=np.float64),
       source=np.array(volume.source),
@@ -206,6 +209,7 @@ def load_volume(path: str) -> PreparedVolume:
       ornt=arrays["ornt"],
       crop_origin=tuple(int(v) for v in arrays["crop_origin"]),
       crop_size=int(arrays["crop_size"]),
+      zoom=_zoom(arrays, path),
   )
   full_label = arrays.get("full_label")
   if full_label is not None and (full_label.shape != geometry.original_shape
@@ -240,6 +244,17 @@ def load_volume(path: str) -> PreparedVolume:
       stray_islands=islands,
       neighbours=_neighbours(arrays, image.shape, path),
   )
+
+
+def _zoom(arrays: Dict[str, np.ndarray], path: str) -> Tuple[float, float]:
+  """The geometry's in-plane zoom; (1, 1) where the volume stores none (not resampled)."""
+  zoom = arrays.get("zoom")
+  if zoom is None:
+    return (1.0, 1.0)
+  if zoom.shape != (2,) or not np.all(np.isfinite(zoom)) or not np.all(zoom > 0):
+    raise CsaInputError(f"{path}: not a prepared volume (zoom {zoom.tolist()}; expected "
+                        "two positive in-plane factors)")
+  return (float(zoom[0]), float(zoom[1]))
 
 
 def _neighbours(arrays: Dict[str, np.ndarray], shape, path: str) -> Optional[np.ndarray]:
@@ -365,6 +380,15 @@ class PreparedDataset:
     default = (slicing.ORIENTATION_STORED if self.spec.name == "mscmr"
                else slicing.ORIENTATION_HEADER)
     return self.meta.get("settings", {}).get("orientation", default)
+
+  @property
+  def in_plane_spacing_mm(self) -> Dict[str, Optional[float]]:
+    """{modality: the in-plane pixel size (mm) its slices were resampled to, or None
+    where they are on each volume's own grid} (MM-WHS `--in_plane_spacing`); PREPs
+    that record none were not resampled."""
+    recorded = self.meta.get("in_plane_spacing_mm") or {}
+    return {m: (None if recorded.get(m) is None else float(recorded[m]))
+            for m in self.modalities}
 
   @property
   def release(self) -> str:

@@ -1,9 +1,10 @@
 """From a 3D volume to the network's 2D slices and back (REFERENCE.md section 5).
 
-A volume is reoriented to a standard array layout [slice, row, col], each slice is cut
-with one fixed crop_size x crop_size box (padded where the image is smaller), and slices
-are z-scored one by one. `VolumeGeometry` records every step so that a prediction on the
-cropped slices can be pasted back into the original voxel grid (`from_slices`).
+A volume is reoriented to a standard array layout [slice, row, col], each slice is
+resampled in-plane where the PREP asks for one spacing (MM-WHS, `--in_plane_spacing`),
+cut with one fixed crop_size x crop_size box (padded where the image is smaller), and
+slices are z-scored one by one. `VolumeGeometry` records every step so that a prediction
+on the cropped slices can be pasted back into the original voxel grid (`from_slices`).
 """
 import dataclasses
 from typing import Optional, Tuple
@@ -33,11 +34,16 @@ class VolumeGeometry:
     crop_origin: (row, col) of the crop box's top-left corner in the standard slice;
       negative or past the edge where the box is padded.
     crop_size: the box's side in pixels.
+    zoom: (row, col) in-plane resampling factor, network-grid pixels per original pixel
+      of the standard slice (original spacing / network spacing); (1, 1): none, the
+      slices are cut from the original grid (every PREP before MM-WHS resampling).
+      The crop origin is on the resampled grid.
   """
   original_shape: Tuple[int, int, int]
   ornt: np.ndarray
   crop_origin: Tuple[int, int]
   crop_size: int
+  zoom: Tuple[float, float] = (1.0, 1.0)
 
   @property
   def standard_shape(self) -> Tuple[int, int, int]:
@@ -45,6 +51,19 @@ class VolumeGeometry:
     for axis, (out_axis, _) in enumerate(self.ornt):
       shape[int(out_axis)] = self.original_shape[axis]
     return tuple(shape)
+
+  @property
+  def resampled(self) -> bool:
+    return tuple(self.zoom) != (1.0, 1.0)
+
+  @property
+  def network_grid_shape(self) -> Tuple[int, int, int]:
+    """[S, H, W] of the standard slices resampled in-plane (standard_shape if not)."""
+    num_slices, height, width = self.standard_shape
+    if not self.resampled:
+      return num_slices, height, width
+    return (num_slices, _resampled_size(height, self.zoom[0]),
+            _resampled_size(width, self.zoom[1]))
 
   def to_standard(self, volume: np.ndarray) -> np.ndarray:
     """Reorients an original-grid array to [slice, row, col].
@@ -54,24 +73,56 @@ class VolumeGeometry:
     """
     return orientations.apply_orientation(volume, self.ornt)
 
+  def resample(self, standard: np.ndarray, order: int) -> np.ndarray:
+    """Standard [S, H, W] -> the network grid `network_grid_shape` (in-plane only).
+
+    order 1: linear, for images (float32 out); order 0: nearest, for labels (dtype
+    kept). The network pixel j of an axis with factor z samples the standard
+    coordinate (j + 0.5) / z - 0.5 (pixel centres, both grids spanning the same mm),
+    clamped to the edge pixels: scipy.ndimage.map_coordinates(order=1, mode="nearest")
+    at those coordinates. Returns `standard` itself when there is no resampling.
+    """
+    if not self.resampled:
+      return standard
+    _, height, width = self.network_grid_shape
+    if order == 0:
+      rows = _nearest_taps(height, standard.shape[1], self.zoom[0])
+      cols = _nearest_taps(width, standard.shape[2], self.zoom[1])
+      return standard[:, rows][:, :, cols]
+    if order != 1:
+      raise ValueError(f"order must be 0 or 1, got {order}")
+    out = _linear_along(standard.astype(np.float32, copy=False), 1,
+                        *_linear_taps(height, standard.shape[1], self.zoom[0]))
+    return _linear_along(out, 2, *_linear_taps(width, standard.shape[2], self.zoom[1]))
+
   def crop(self, standard: np.ndarray, pad_value=0) -> np.ndarray:
-    """Cuts the crop box out of every slice of a standard array [S, H, W]."""
+    """Cuts the crop box out of every slice of a network-grid array [S, H, W]."""
     return crop_slices(standard, self.crop_origin, self.crop_size, pad_value)
 
-  def to_slices(self, volume: np.ndarray, pad_value=0) -> np.ndarray:
-    """Original-grid array -> cropped slices [S, crop_size, crop_size]."""
-    return self.crop(self.to_standard(volume), pad_value)
+  def to_slices(self, volume: np.ndarray, pad_value=0, order: int = 0) -> np.ndarray:
+    """Original-grid array -> cropped slices [S, crop_size, crop_size].
+
+    Resampled (`resample`, `order`) a few slices at a time, so that a CT-sized volume
+    is never held whole as float32.
+    """
+    standard = self.to_standard(volume)
+    if not self.resampled:
+      return self.crop(standard, pad_value)
+    return np.concatenate(
+        [self.crop(self.resample(standard[k:k + _CHUNK], order), pad_value)
+         for k in range(0, len(standard), _CHUNK)]
+        or [np.zeros((0, self.crop_size, self.crop_size), standard.dtype)])
 
   def covers_image(self) -> bool:
-    """True when the crop box holds every pixel of every standard slice."""
-    _, height, width = self.standard_shape
+    """True when the crop box holds every pixel of every network-grid slice."""
+    _, height, width = self.network_grid_shape
     r0, c0 = self.crop_origin
     return (r0 <= 0 and c0 <= 0 and r0 + self.crop_size >= height
             and c0 + self.crop_size >= width)
 
   def image_mask(self) -> np.ndarray:
     """[crop_size, crop_size] bool: True where the box holds image pixels, not padding."""
-    _, height, width = self.standard_shape
+    _, height, width = self.network_grid_shape
     return crop_slices(np.ones((1, height, width), dtype=bool), self.crop_origin,
                        self.crop_size, False)[0]
 
@@ -84,15 +135,21 @@ class VolumeGeometry:
     Padding holds the volume's minimum (air, background; 0 is mid-range for CT in HU)
     z-scored like the rest of its slice.
     """
-    slices = self.to_slices(image, pad_value=float(image.min()))
+    slices = self.to_slices(image, pad_value=float(image.min()), order=1)
     return zscore_slices(slices, valid=self.image_mask())
 
   def from_slices(self, slices: np.ndarray, fill_value=0) -> np.ndarray:
     """Cropped slices [S, crop_size, crop_size] -> an array on the original grid.
 
-    Voxels outside the crop box get fill_value (background for labels).
+    Voxels outside the crop box get fill_value (background for labels). A resampled
+    geometry brings labels back by nearest label: each original pixel takes the label
+    of the network pixel its centre falls in (standard pixel i of an axis with factor
+    z: network pixel floor((i + 0.5) z)). Nearest, not the argmax of linearly resampled
+    class probabilities: it needs only the labels, so evaluation, prediction and
+    figures share it without holding C probability maps on a CT's grid (C x 300 MB),
+    and it is the exact inverse of the labels' preparation up to boundary pixels.
     """
-    num_slices, height, width = self.standard_shape
+    num_slices, height, width = self.network_grid_shape
     if slices.shape != (num_slices, self.crop_size, self.crop_size):
       raise ValueError(f"expected slices of shape "
                        f"{(num_slices, self.crop_size, self.crop_size)}, got {slices.shape}")
@@ -102,8 +159,77 @@ class VolumeGeometry:
     cols = slice(max(c0, 0), min(c0 + self.crop_size, width))
     standard[:, rows, cols] = slices[:, rows.start - r0:rows.stop - r0,
                                      cols.start - c0:cols.stop - c0]
+    if self.resampled:
+      _, original_height, original_width = self.standard_shape
+      standard = standard[:, _back_taps(original_height, height, self.zoom[0])][
+          :, :, _back_taps(original_width, width, self.zoom[1])]
     back = orientations.apply_orientation(standard, _invert(self.ornt))
     return np.ascontiguousarray(back)
+
+
+# Slices resampled at a time by `VolumeGeometry.to_slices`: 32 CT slices of 512x512 are
+# 34 MB as float32.
+_CHUNK = 32
+
+
+def _resampled_size(size: int, zoom: float) -> int:
+  """Pixels of an axis of `size` pixels resampled by `zoom` (the same extent in mm)."""
+  return max(1, int(round(size * zoom)))
+
+
+def _source_coordinates(size_out: int, size_in: int, zoom: float) -> np.ndarray:
+  """Input pixel coordinate of each output pixel centre, clamped to the input."""
+  coords = (np.arange(size_out, dtype=np.float64) + 0.5) / zoom - 0.5
+  return np.clip(coords, 0, size_in - 1)
+
+
+def _nearest_taps(size_out: int, size_in: int, zoom: float) -> np.ndarray:
+  return np.floor(_source_coordinates(size_out, size_in, zoom) + 0.5).astype(np.int64)
+
+
+def _linear_taps(size_out: int, size_in: int, zoom: float):
+  """(first index, second index, weight of the second) of linear interpolation."""
+  coords = _source_coordinates(size_out, size_in, zoom)
+  first = np.minimum(np.floor(coords).astype(np.int64), max(size_in - 2, 0))
+  second = np.minimum(first + 1, size_in - 1)
+  return first, second, (coords - first).astype(np.float32)
+
+
+def _linear_along(array: np.ndarray, axis: int, first, second, weight) -> np.ndarray:
+  shape = [1, 1, 1]
+  shape[axis] = len(weight)
+  weight = weight.reshape(shape)
+  return (np.take(array, first, axis=axis) * (1 - weight)
+          + np.take(array, second, axis=axis) * weight)
+
+
+def _back_taps(size_original: int, size_network: int, zoom: float) -> np.ndarray:
+  """Network pixel whose area holds each original pixel's centre (nearest label)."""
+  taps = np.floor((np.arange(size_original, dtype=np.float64) + 0.5) * zoom)
+  return np.clip(taps, 0, size_network - 1).astype(np.int64)
+
+
+def standard_spacing(spacing, ornt: np.ndarray) -> Tuple[float, float, float]:
+  """Voxel size in mm along the standard [slice, row, col] axes."""
+  out = [0.0, 0.0, 0.0]
+  for axis, (out_axis, _) in enumerate(np.asarray(ornt)):
+    out[int(out_axis)] = float(spacing[axis])
+  return tuple(out)
+
+
+def in_plane_zoom(spacing, ornt: np.ndarray,
+                  in_plane_spacing: Optional[float]) -> Tuple[float, float]:
+  """(row, col) zoom that brings a volume's standard slices to `in_plane_spacing` mm.
+
+  Args:
+    spacing: the volume's voxel size in mm per original array axis.
+    ornt: its transform to [slice, row, col].
+    in_plane_spacing: the network grid's pixel size in mm; None: no resampling.
+  """
+  if in_plane_spacing is None:
+    return (1.0, 1.0)
+  _, row, col = standard_spacing(spacing, ornt)
+  return (row / in_plane_spacing, col / in_plane_spacing)
 
 
 def _invert(ornt: np.ndarray) -> np.ndarray:

@@ -2,13 +2,15 @@
 
 `predict_files` is what `python -m csa_tf.predict` runs; that command's docstring
 describes the two fields of view and the output. Slices are taken as in preparation
-(csa_tf.data.slicing), padded to the sizes the network takes (csa_tf.configs.downsampling),
-and pasted back into the input's grid with the release's label values. A few NaN/Inf
+(csa_tf.data.slicing), resampled in-plane to the pixel size the run's PREP used (MM-WHS
+`--in_plane_spacing`; `run_in_plane_spacing`), padded to the sizes the network takes
+(csa_tf.configs.downsampling), and pasted back into the input's grid (nearest label,
+VolumeGeometry.from_slices) with the release's label values. A few NaN/Inf
 voxels (up to 1%, as the MS-CMRSeg challenge copy's T2 images hold) are repaired as in
 preparation (csa_tf/io/non_finite.py) and reported in the volume's log line.
 """
 import os
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,29 +20,36 @@ from csa_tf.configs.downsampling import DOWNSAMPLE, padded_size
 from csa_tf.io import non_finite
 from csa_tf.io.nifti import Volume, check_not_blank, read_volume, write_label_volume
 from csa_tf.io.run_dir import RunDir
+from csa_tf.data.prepared import META_FILE, PreparedDataset
 from csa_tf.data.slicing import (ORIENTATION_HEADER, ORIENTATION_STORED, VolumeGeometry,
-                                 dataset_ornt, ornt_slice_axis)
+                                 dataset_ornt, in_plane_zoom, ornt_slice_axis)
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def slice_geometry(shape: Tuple[int, int, int], affine: np.ndarray, *, dataset: str,
                    field_of_view: str, crop_size: int,
-                   orientation: str = ORIENTATION_HEADER) -> VolumeGeometry:
+                   orientation: str = ORIENTATION_HEADER,
+                   spacing: Optional[Sequence[float]] = None,
+                   in_plane_spacing: Optional[float] = None) -> VolumeGeometry:
   """The geometry that turns a new volume into network slices without a label.
 
   `orientation` is that of the run's PREP (`run_orientation`), so that a new scan is
-  turned as the training scans were.
+  turned as the training scans were; with `in_plane_spacing` (mm, the run's
+  `run_in_plane_spacing`) its slices are resampled to that pixel size from the scan's
+  own `spacing` (mm per array axis) first, and the box is centred on that grid.
   """
   ornt = dataset_ornt(dataset, affine, orientation)
-  probe = VolumeGeometry(tuple(shape), ornt, (0, 0), DOWNSAMPLE)
-  _, height, width = probe.standard_shape
+  zoom = (1.0, 1.0) if in_plane_spacing is None else in_plane_zoom(spacing, ornt,
+                                                                   in_plane_spacing)
+  probe = VolumeGeometry(tuple(shape), ornt, (0, 0), DOWNSAMPLE, zoom)
+  _, height, width = probe.network_grid_shape
   if field_of_view == "full":
     size = padded_size(max(height, width))
   else:
     size = crop_size
   origin = (height // 2 - size // 2, width // 2 - size // 2)
-  return VolumeGeometry(tuple(shape), ornt, origin, size)
+  return VolumeGeometry(tuple(shape), ornt, origin, size, zoom)
 
 
 def read_scan(path: str, *, dataset: str, orientation: str) -> Volume:
@@ -63,6 +72,23 @@ def run_orientation(run: RunDir) -> str:
   """
   record = run.read_training_data() or {}
   return record.get("orientation", ORIENTATION_STORED)
+
+
+def run_in_plane_spacing(run: RunDir, modality: str) -> Optional[float]:
+  """The pixel size (mm) the run's training slices of `modality` were resampled to.
+
+  From RUN/training_data.json, so that predict needs no PREP; for a run whose record
+  predates it, from the PREP its config names (if still there); else None: not
+  resampled (no PREP was before MM-WHS resampling).
+  """
+  record = run.read_training_data() or {}
+  if "in_plane_spacing_mm" in record:
+    value = record["in_plane_spacing_mm"].get(modality)
+    return None if value is None else float(value)
+  data_dir = run.config.data_dir
+  if data_dir and os.path.isfile(os.path.join(data_dir, META_FILE)):
+    return PreparedDataset.open(data_dir).in_plane_spacing_mm.get(modality)
+  return None
 
 
 def input_output_pairs(input_path: str, output_path: str,
@@ -120,6 +146,7 @@ def predict_files(model_dir: str, modality: str, input_path: str, output_path: s
                         f"{', '.join(config.modalities)}")
   pairs = input_output_pairs(input_path, output_path, overwrite)
   orientation = run_orientation(run)
+  in_plane_spacing = run_in_plane_spacing(run, modality)
   for source, _ in pairs:
     # Read twice (here and below) rather than held: volumes can be hundreds of MB.
     check_not_blank(read_scan(source, dataset=config.dataset, orientation=orientation))
@@ -132,7 +159,8 @@ def predict_files(model_dir: str, modality: str, input_path: str, output_path: s
     volume = read_scan(source, dataset=config.dataset, orientation=orientation)
     geometry = slice_geometry(volume.data.shape, volume.affine, dataset=config.dataset,
                               field_of_view=field_of_view, crop_size=config.crop_size,
-                              orientation=orientation)
+                              orientation=orientation, spacing=volume.spacing,
+                              in_plane_spacing=in_plane_spacing)
     slices = geometry.network_slices(volume.data)
     classes = geometry.from_slices(segmenter.labels(slices, modality))
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)

@@ -70,12 +70,15 @@ def check_model_dir(model_dir: str, config: config_lib.TrainConfig) -> None:
 def training_data_record(prepared: PreparedDataset,
                          config: config_lib.TrainConfig) -> dict:
   """What RUN/training_data.json holds: the PREP's path, fingerprint, train patients,
-  slice orientation and release."""
+  slice orientation, in-plane resampling and release."""
   return {"data_dir": os.path.abspath(prepared.prep_dir),
           "prep_fingerprint": prepared.fingerprint(),
           "train_patients": prepared.patients("train", config.modalities),
           # How the PREP turned scans into slices: predict turns new scans the same way.
           "orientation": prepared.orientation,
+          # The pixel size (mm) slices were resampled to per modality (MM-WHS), so
+          # that predict resamples new scans alike without the PREP.
+          "in_plane_spacing_mm": prepared.in_plane_spacing_mm,
           # Which release's patients it saw: evaluation on another release of the same
           # cohort warns (csa_tf/evaluation/cross_release.py).
           "release": prepared.release}
