@@ -7,17 +7,12 @@ r"""Trains and evaluates the six settings of Tables 1-3 on the same data and see
 Each method runs `python -m csa_tf.train` (with experiments/<dataset>.flags) and
 `python -m csa_tf.evaluate` in DIR/runs/<method>; a method whose run reached
 --train_steps and was evaluated is not run again, and an interrupted one resumes from its
-checkpoint. Writes DIR/table.md and DIR/table.csv (ours beside the paper's published
+checkpoint (experiments/runner.py, shared with experiments.study). Writes DIR/table.md and DIR/table.csv (ours beside the paper's published
 numbers) and the Wilcoxon signed-rank test of CSA against each other method on
 patient-level Dice (DIR/wilcoxon.csv), as in the paper's text.
 """
-import csv
 import math
 import os
-import shutil
-import subprocess
-import sys
-import time
 from typing import Dict, List, Mapping
 
 import numpy as np
@@ -31,6 +26,7 @@ from csa_tf import cli
 from csa_tf.errors import CsaInputError
 from csa_tf.io import atomic
 from csa_tf.io.run_dir import RunDir
+from experiments import runner
 
 FLAGS = flags.FLAGS
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,62 +47,9 @@ def define_flags():
                             "(repeatable), e.g. --train_flag=--feature_base=8.")
 
 
-class CommandFailed(CsaInputError):
-  """A csa_tf command run by reproduce failed; `last_line` is its last output line."""
-
-  def __init__(self, message: str, last_line: str):
-    super().__init__(message)
-    self.last_line = last_line
-
-
-def run_logged(command: List[str], log_path: str) -> None:
-  """Runs a command, teeing its output to log_path.
-
-  Raises:
-    CommandFailed: the command exited non-zero; names the log and the command's last
-      output line (its own `error: ...` line when it refused its input).
-  """
-  with open(log_path, "a", encoding="utf-8") as log:
-    log.write("$ " + " ".join(command) + "\n")
-    log.flush()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    last = ""
-    for line in process.stdout:
-      log.write(line)
-      log.flush()
-      if line.startswith(("step ", "finished", "resumed", "already", "|", "error")):
-        print("    " + line.rstrip(), flush=True)
-      last = line.strip() or last
-    if process.wait():
-      last = last[len("error: "):] if last.startswith("error: ") else last
-      raise CommandFailed(f"{log_path}: `{' '.join(command[2:4])}` failed: {last}", last)
-
-
-def method_done(run_dir: str, train_steps: int) -> bool:
-  """Whether the run reached train_steps and its evaluation is of that checkpoint.
-
-  Decided from the checkpoint step the evaluation recorded, never from which files
-  exist: a run trained further and killed before its evaluation was redone has a
-  summary of an older checkpoint, and is not done.
-  """
-  run = RunDir(run_dir)
-  final = run.read_final_losses()
-  if final is None or final.get("step") != train_steps or not run.has_summary():
-    return False
-  return run.read_summary().get("checkpoint_step") == train_steps
-
-
-def patient_dice(run_dir: str) -> Dict[str, Dict[str, float]]:
-  """{modality: {patient_id: mean foreground Dice}} from a run's per-volume CSV."""
-  values: Dict[str, Dict[str, List[float]]] = {}
-  with open(RunDir(run_dir).per_volume_path(), encoding="utf-8") as f:
-    for row in csv.DictReader(f):
-      if row["dice"] == "":
-        continue  # "absent": the class is in neither mask (metrics policy)
-      values.setdefault(row["modality"], {}).setdefault(row["patient_id"], []).append(
-          float(row["dice"]))
-  return {m: {p: float(np.mean(v)) for p, v in ps.items()} for m, ps in values.items()}
+# The run folder's tests and its patient-level Dice, as experiments.study reads them.
+method_done = runner.run_done
+patient_dice = runner.patient_dice
 
 
 def wilcoxon_rows(dice: Mapping[str, Mapping[str, Mapping[str, float]]],
@@ -189,33 +132,11 @@ def reproduce(dataset: str, data_dir: str, output_dir: str, *, methods: List[str
   modalities = None
   for method in methods:
     run_dir = os.path.join(output_dir, "runs", method)
-    fresh = not os.path.isdir(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    train_command = [sys.executable, "-m", "csa_tf.train", f"--flagfile={flagfile}",
-                     f"--data_dir={data_dir}", f"--model_dir={run_dir}",
-                     f"--method={method}", f"--seed={seed}"] + list(extra_flags)
-    if train_steps:
-      train_command.append(f"--train_steps={train_steps}")
-    config_steps = train_steps
-    start = time.perf_counter()
-    if config_steps and method_done(run_dir, config_steps):
-      print(f"== {method}: finished earlier, not retrained", flush=True)
-    else:
-      print(f"== {method}: training in {run_dir}", flush=True)
-      log_path = os.path.join(run_dir, "reproduce.log")
-      try:
-        run_logged(train_command, log_path)
-      except CommandFailed as error:
-        if fresh and not RunDir(run_dir).is_run():
-          # Training refused to start (a bad --train_flag, say): leave no folder that
-          # holds only this log; the error line already says why.
-          _remove_new_run(run_dir, new_dirs)
-          raise CsaInputError(f"csa_tf.train refused to start --method={method}: "
-                              f"{error.last_line}") from None
-        raise
-      run_logged([sys.executable, "-m", "csa_tf.evaluate", f"--model_dir={run_dir}",
-                  f"--data_dir={data_dir}"], log_path)
-      print(f"== {method}: done in {time.perf_counter() - start:.0f} s", flush=True)
+    runner.train_and_evaluate(
+        method, run_dir, data_dir=data_dir,
+        train_flags=[f"--flagfile={flagfile}", f"--method={method}", f"--seed={seed}",
+                     *extra_flags],
+        train_steps=train_steps, new_dirs=new_dirs, refused_name=f"--method={method}")
     report = RunDir(run_dir).read_summary()
     summaries[method] = report["summary"]
     modalities = report["modalities"]
@@ -223,16 +144,6 @@ def reproduce(dataset: str, data_dir: str, output_dir: str, *, methods: List[str
   text = write_outputs(output_dir, spec, modalities, summaries, wilcoxon_rows(dice))
   print(text)
   return text
-
-
-def _remove_new_run(run_dir: str, new_dirs: List[str]) -> None:
-  """Removes a run folder this invocation made, and the parents it made if now empty."""
-  shutil.rmtree(run_dir, ignore_errors=True)
-  for folder in reversed(new_dirs):
-    try:
-      os.rmdir(folder)  # Only when empty: other methods' runs stay.
-    except OSError:
-      break
 
 
 def main(argv):

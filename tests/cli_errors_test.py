@@ -22,7 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every documented command (README.md), each run as `python -m COMMAND`.
 COMMANDS = ["csa_tf.train", "csa_tf.evaluate", "csa_tf.predict", "csa_tf.export",
             "csa_tf.visualize", "csa_tf.gpu_check", "data_prep.mscmr", "data_prep.mmwhs",
-            "data_prep.mmwhs_pnp", "data_prep.phantom", "experiments.reproduce",
+            "data_prep.mmwhs_pnp", "data_prep.myops", "data_prep.phantom",
+            "experiments.reproduce", "experiments.study",
             "benchmarks.run", "benchmarks.hd_eval"]
 NOTICES = re.compile(r"cuInit|oneDNN|InitializeLog|cudart_stub|rebuild TensorFlow")
 
