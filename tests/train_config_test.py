@@ -54,7 +54,11 @@ TODAYS_FLAGS = {
     "log_every": (int, 50), "image_summary_every": (int, 0), "strategy": ("enum", "default"),
     "dataset": ("enum", "mscmr"), "phantom_patients": (int, 8),
     "phantom_scale": (float, 0.25), "crop_size": (int, 64), "input_slices": (int, 1),
+    # Issue 14: loss-balance diagnostics and label scarcity.
+    "log_term_gradients": (bool, False), "labelled_train_patients": ("multi", []),
 }
+# The fields added after TODAYS_CONFIG_JSON, at their defaults as config.json holds them.
+NEW_FIELDS = {"log_term_gradients": False, "labelled_train_patients": {}}
 TODAYS_ENUMS = {
     "method": ["single", "ummkd", "joint", "msbn", "affinity", "csa"],
     "csa_area_norm": ["count", "fraction", "none"],
@@ -64,7 +68,8 @@ TODAYS_ENUMS = {
     "dataset": ["mscmr", "mmwhs"],
 }
 _ABSL_TYPES = {str: "string", int: "int", float: "float", bool: "bool",
-               list: "comma separated list of strings", "enum": "string enum"}
+               list: "comma separated list of strings", "enum": "string enum",
+               "multi": "multi string"}
 
 
 def _flag_values(argv=()):
@@ -107,7 +112,9 @@ def test_every_declared_flag_has_its_declared_default_and_help():
       # absl puts an enum's values in front: "<count|fraction|none>: S_c of Eq. 3 ...".
       enum = decl.choices and isinstance(decl.choices[0], str)
       choices = f"<{'|'.join(decl.choices)}>: " if enum else ""
-      assert values[name].help == choices + decl.help, name
+      # absl appends how to repeat a repeatable flag.
+      repeat = ";\n    repeat this option to specify a list of values" if decl.repeatable else ""
+      assert values[name].help == choices + decl.help + repeat, name
       assert values[name].default == options.flag_default(section, field), name
       assert len(decl.help) > 10 and decl.help.endswith("."), name
 
@@ -156,7 +163,8 @@ def test_flagfiles(flagfile, spec, crop_size, expected):
   config, values = _config_from(
       [f"--flagfile={os.path.join(ROOT, 'experiments', flagfile)}", "--model_dir=RUN"],
       spec=spec, crop_size=crop_size)
-  untouched = json.loads(TODAYS_CONFIG_JSON)  # Every other field keeps its default.
+  # Every other field keeps its default.
+  untouched = dict(json.loads(TODAYS_CONFIG_JSON), **NEW_FIELDS)
   assert config.to_json() == dict(
       untouched, model_dir="RUN", data_dir="PREP", dataset=spec.name,
       num_classes=spec.num_classes, crop_size=crop_size, **expected)
@@ -177,7 +185,7 @@ def test_todays_config_json_loads_and_round_trips(tmp_path):
   config = run.load_config()
   assert config.lam == 0.5 and config.csa_pairs[0] == ("g3", "g4")
   assert config.modalities == ("lge", "bssfp") and config.labelled_slices_only is True
-  assert config.validate().to_json() == json.loads(TODAYS_CONFIG_JSON)
+  assert config.validate().to_json() == dict(json.loads(TODAYS_CONFIG_JSON), **NEW_FIELDS)
   assert config_lib.TrainConfig.from_json(config.to_json()) == config
 
 
