@@ -133,7 +133,7 @@ def _csa_shares(size, batch, feature_base):
   return shares
 
 
-# Slow (~70 s on the 2-core CPU): test_csa_share_at_tiny_sizes runs the same path on a
+# Slow (~70-85 s on the 2-core CPU): test_csa_share_at_tiny_sizes runs the same path on a
 # small network in the default run.
 @pytest.mark.slow
 def test_literal_csa_has_no_say_at_the_papers_crop_and_batch():
