@@ -67,7 +67,7 @@ def test_mirrored_step_on_two_devices_equals_single_device_step(tiny_prep, tmp_p
   assert check["max_weight_difference"] < 1e-10, check
 
 
-# Slow (~200 s on 2 CPU cores, tracing the diagnostic step twice in float64): the
+# Slow (~200 s on 2 shared CPU cores, tracing the diagnostic step twice in float64): the
 # default run checks the step's diagnostics on one device (tests/trainer_test.py).
 @pytest.mark.slow
 def test_mirrored_term_gradient_norms_are_the_global_batchs(tiny_prep, tmp_path):
