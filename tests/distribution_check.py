@@ -14,6 +14,7 @@ a real error of that size. In float64 the gradients agree to ~3e-14.
 Prints one JSON line with the largest differences; the test asserts on them.
 """
 import argparse
+import functools
 import json
 import os
 
@@ -41,6 +42,8 @@ def main():
   parser.add_argument("--method", default="csa")
   parser.add_argument("--replicas", type=int, default=2)
   parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+  parser.add_argument("--term_gradients", action="store_true",
+                      help="also compare the --log_term_gradients norms (slower)")
   args = parser.parse_args()
   split_cpu(args.replicas)
 
@@ -79,12 +82,18 @@ def main():
       for m in global_batch for i in (0, 1))
   result["shard_sizes"] = [int(t.shape[0]) for t in local(shards["lge"][0])]
 
-  # Loss terms and gradients, before any update.
-  grads_single, terms_single, _ = tf.function(single.replica_gradients)(global_batch)
+  # Loss terms and gradients, before any update; with --term_gradients also the
+  # per-term gradient norms of --log_term_gradients (the step's gradients are the same
+  # with or without them: tests/trainer_test.py).
+  diagnostics = args.term_gradients
+  grads_single, terms_single, _ = tf.function(functools.partial(
+      single.replica_gradients, with_term_gradients=diagnostics))(global_batch)
 
   @tf.function
   def mirrored_gradients(per_replica):
-    grads, terms, _ = strategy.run(mirrored.replica_gradients, args=(per_replica,))
+    grads, terms, _ = strategy.run(functools.partial(
+        mirrored.replica_gradients, with_term_gradients=diagnostics),
+        args=(per_replica,))
     # What Keras' optimizer applies: the sum of the replicas' gradients.
     summed = [None if g is None else
               strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in grads]
@@ -97,7 +106,13 @@ def main():
                      for name, value in terms_single.items() if name != "grad_norm"}
   result["max_term_difference"] = max(
       abs(r - t["single"]) / max(abs(t["single"]), 1e-12)
-      for t in result["terms"].values() for r in t["replicas"])
+      for name, t in result["terms"].items() for r in t["replicas"]
+      if not name.startswith("grad_norm_"))
+  # The term gradient norms are the global batch's on every replica.
+  result["max_term_gradient_difference"] = max(
+      (abs(r - t["single"]) / max(abs(t["single"]), 1e-12)
+       for name, t in result["terms"].items() for r in t["replicas"]
+       if name.startswith("grad_norm_")), default=None)
   names = [v.path for v in single.bundle.trainable_variables]
   differences = sorted((relative_difference(m, s), name) for m, s, name in
                        zip(grads_mirrored, grads_single, names) if s is not None)

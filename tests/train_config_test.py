@@ -55,7 +55,12 @@ TODAYS_FLAGS = {
     "dataset": ("enum", "mscmr"), "phantom_patients": (int, 8),
     "phantom_scale": (float, 0.25), "crop_size": (int, 64), "input_slices": (int, 1),
     "csa_affinity": ("enum", "cosine"), "joint_bn": ("enum", "separate"),
+    # Issue 14: loss-balance diagnostics and label scarcity.
+    "log_term_gradients": (bool, False), "labelled_train_patients": ("multi", []),
 }
+# The fields added after TODAYS_CONFIG_JSON, at their defaults as config.json holds them.
+NEW_FIELDS = {"csa_affinity": "cosine", "joint_bn": "separate",
+              "log_term_gradients": False, "labelled_train_patients": {}}
 TODAYS_ENUMS = {
     "method": ["single", "ummkd", "joint", "msbn", "affinity", "csa"],
     "csa_area_norm": ["count", "fraction", "none"],
@@ -66,7 +71,8 @@ TODAYS_ENUMS = {
     "dataset": ["mscmr", "mmwhs"],
 }
 _ABSL_TYPES = {str: "string", int: "int", float: "float", bool: "bool",
-               list: "comma separated list of strings", "enum": "string enum"}
+               list: "comma separated list of strings", "enum": "string enum",
+               "multi": "multi string"}
 
 
 def _flag_values(argv=()):
@@ -109,7 +115,9 @@ def test_every_declared_flag_has_its_declared_default_and_help():
       # absl puts an enum's values in front: "<count|fraction|none>: S_c of Eq. 3 ...".
       enum = decl.choices and isinstance(decl.choices[0], str)
       choices = f"<{'|'.join(decl.choices)}>: " if enum else ""
-      assert values[name].help == choices + decl.help, name
+      # absl appends how to repeat a repeatable flag.
+      repeat = ";\n    repeat this option to specify a list of values" if decl.repeatable else ""
+      assert values[name].help == choices + decl.help + repeat, name
       assert values[name].default == options.flag_default(section, field), name
       assert len(decl.help) > 10 and decl.help.endswith("."), name
 
@@ -145,10 +153,6 @@ PAPER_SETTING = dict(
     log_every=100, seed=0)
 
 
-# Fields declared after TODAYS_CONFIG_JSON was written, with their defaults.
-ADDED_FIELDS = dict(csa_affinity="cosine", joint_bn="separate")
-
-
 @pytest.mark.parametrize("flagfile,spec,crop_size,expected", [
     ("mscmr.flags", datasets.MSCMR, 224,
      dict(PAPER_SETTING, modalities=["lge", "bssfp"], train_steps=50000)),
@@ -163,7 +167,7 @@ def test_flagfiles(flagfile, spec, crop_size, expected):
       [f"--flagfile={os.path.join(ROOT, 'experiments', flagfile)}", "--model_dir=RUN"],
       spec=spec, crop_size=crop_size)
   # Every other field keeps its default.
-  untouched = dict(json.loads(TODAYS_CONFIG_JSON), **ADDED_FIELDS)
+  untouched = dict(json.loads(TODAYS_CONFIG_JSON), **NEW_FIELDS)
   assert config.to_json() == dict(
       untouched, model_dir="RUN", data_dir="PREP", dataset=spec.name,
       num_classes=spec.num_classes, crop_size=crop_size, **expected)
@@ -185,7 +189,7 @@ def test_todays_config_json_loads_and_round_trips(tmp_path):
   assert config.lam == 0.5 and config.csa_pairs[0] == ("g3", "g4")
   assert config.modalities == ("lge", "bssfp") and config.labelled_slices_only is True
   assert config.validate().to_json() == dict(json.loads(TODAYS_CONFIG_JSON),
-                                              **ADDED_FIELDS)
+                                              **NEW_FIELDS)
   assert config_lib.TrainConfig.from_json(config.to_json()) == config
   # A Joint run of then passed both batches through one forward; it resumes that way.
   joint = config_lib.TrainConfig.from_json(dict(json.loads(TODAYS_CONFIG_JSON),

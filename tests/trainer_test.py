@@ -1,4 +1,6 @@
 """Tests for the training loop: checkpoints, overfitting, determinism, resume, BN sets."""
+import glob
+import os
 
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from csa_tf.configs import train_config as config_lib
 from csa_tf.errors import CsaInputError
 from csa_tf.io.run_dir import RunDir
 from csa_tf.model.bundle import ModelBundle
+from csa_tf.training import term_gradients
 from csa_tf.training.trainer import Trainer
 from tests.helpers import make_config, quiet
 
@@ -99,6 +102,62 @@ def test_resume_equals_uninterrupted(tiny_prep, straight_run, tmp_path):
   assert int(resumed.step.numpy()) == 4 and int(resumed.optimizer.iterations.numpy()) == 4
   for a, b in zip(straight_run[1], weights(resumed.bundle)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_step_term_gradients_are_the_diagnostics_of_its_batch(tiny_prep, tmp_path):
+  # The training step's own diagnostics (its tape, loss / R, no fp16 scale here), run
+  # eagerly, equal term_gradients.term_gradient_norms of the same batch, and leave the
+  # step's gradient as it is. Dropout 0 and BN moving statistics reset between the
+  # passes, so that every pass sees the same network.
+  config = make_config(tmp_path / "run", dropout_rate=0.0, log_term_gradients=True)
+  trainer = Trainer(config, tiny_prep, log=quiet)
+  batches = next(iter(trainer.dataset(0)))
+  start = weights(trainer.bundle)
+
+  def reset():
+    for variable, value in zip(
+        [v for net in trainer.bundle.unique_networks for v in net.weights], start):
+      variable.assign(value)
+  plain, plain_terms, _ = trainer.replica_gradients(batches)
+  reset()
+  gradients, terms, _ = trainer.replica_gradients(batches, with_term_gradients=True)
+  reset()
+  expected = term_gradients.term_gradient_norms(trainer.bundle, batches, config)
+  assert sorted(k for k in terms if k.startswith("grad_norm_")) == sorted(expected)
+  assert "grad_norm_dice_lge" not in plain_terms
+  for name, value in expected.items():
+    np.testing.assert_allclose(float(terms[name]), float(value), rtol=1e-5)
+  for a, b in zip(plain, gradients):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# Slow (~70 s, most of it tracing the diagnostic step):
+# test_step_term_gradients_are_the_diagnostics_of_its_batch checks the step's
+# diagnostics eagerly in the default run.
+@pytest.mark.slow
+def test_term_gradients_are_logged_on_log_steps_and_change_nothing(tiny_prep, straight_run,
+                                                                  tmp_path):
+  # straight_run's 4 steps again with --log_term_gradients (may change on resume, so
+  # no other setting): logged at steps 1 (the first) and 4 (the last) only, with the
+  # same weights bit for bit (same forward pass and tape, no extra dropout draws).
+  config = _deterministic_config(tmp_path / "diag", 4, log_term_gradients=True)
+  assert config.changes_from(straight_run[0], on_resume=False) == {}
+  trainer = Trainer(config, tiny_prep, log=quiet)
+  trainer.train()
+  for a, b in zip(straight_run[1], weights(trainer.bundle)):
+    np.testing.assert_array_equal(a, b)
+  terms = ("dice_lge", "dice_bssfp", "ce_lge", "ce_bssfp", "csa", "l2")
+  final = RunDir(config.model_dir).read_final_losses()
+  assert {k for k in final if k.startswith("grad_norm_")} == {
+      f"grad_norm_{t}" for t in terms}
+  assert all(final[f"grad_norm_{t}"] > 0 for t in terms)
+  steps = {}
+  for path in glob.glob(os.path.join(config.model_dir, "train", "events.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag.startswith("grad_norm/"):
+          steps.setdefault(value.tag, []).append(event.step)
+  assert steps == {f"grad_norm/{t}": [1, 4] for t in terms}
 
 
 @pytest.mark.integration

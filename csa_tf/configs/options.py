@@ -6,7 +6,7 @@ check, the help text and, where a command spells it differently, the flag. From 
 declaration
 
   * `define_flags(Config)` defines a command's absl flags (list-valued fields become
-    comma-separated list flags),
+    comma-separated list flags, or repeatable ones that also take comma lists),
   * `values_from_flags(Config)` reads the parsed flags back as field values,
   * `check_options(config)` checks every value against its choices and range,
 
@@ -69,13 +69,15 @@ class Option:
   parse: Optional[Callable[[Any], Any]] = None
   unparse: Optional[Callable[[Any], Any]] = None
   on_resume: bool = False
+  repeatable: bool = False
 
 
 def option(default=dataclasses.MISSING, *, help: str,  # pylint: disable=redefined-builtin
            choices: Optional[Sequence[Any]] = None, check: Optional[Check] = None,
            flag: Any = _SAME, inverse_flag: bool = False, flag_default: Any = _SAME,
            parse: Optional[Callable[[Any], Any]] = None,
-           unparse: Optional[Callable[[Any], Any]] = None, on_resume: bool = False):
+           unparse: Optional[Callable[[Any], Any]] = None, on_resume: bool = False,
+           repeatable: bool = False):
   """A dataclass field declared once: default, allowed values, check and help text.
 
   Args:
@@ -93,11 +95,13 @@ def option(default=dataclasses.MISSING, *, help: str,  # pylint: disable=redefin
     unparse: turns a field value into the flag's (its default, for the help).
     on_resume: the value may change when a run is resumed (how long, how often to log
       or checkpoint, where it runs); False: resuming with another value is refused.
+    repeatable: a list field's flag may be given several times, each time with one
+      item or a comma list (`--f=a:1 --f=b:2` is `--f=a:1,b:2`).
   """
   meta = Option(help=help, choices=None if choices is None else tuple(choices),
                 check=check, flag=flag, inverse_flag=inverse_flag,
                 flag_default=flag_default, parse=parse, unparse=unparse,
-                on_resume=on_resume)
+                on_resume=on_resume, repeatable=repeatable)
   kwargs = {"metadata": {_METADATA_KEY: meta}}
   if isinstance(default, (list, dict, set)):
     raise TypeError("option defaults must be immutable (use a tuple)")
@@ -145,7 +149,9 @@ def define_flags(config_class, flag_values: flags.FlagValues = flags.FLAGS) -> N
     default = flag_default(config_class, name)
     kind = _base_type(f.type)
     kwargs = dict(name=flag, default=default, help=decl.help, flag_values=flag_values)
-    if _is_sequence(f.type):
+    if _is_sequence(f.type) and decl.repeatable:
+      flags.DEFINE_multi_string(**kwargs)
+    elif _is_sequence(f.type):
       flags.DEFINE_list(**kwargs)
     elif kind is bool:
       flags.DEFINE_bool(**kwargs)
@@ -174,6 +180,9 @@ def values_from_flags(config_class,
     if flag is None:
       continue
     value = flag_values[flag].value
+    if decl.repeatable and value is not None:
+      value = [item.strip() for entry in value for item in entry.split(",")
+               if item.strip()]
     if decl.inverse_flag:
       value = not value
     elif value is not None and decl.parse is not None:

@@ -98,6 +98,32 @@ def format_csa_pairs(pairs: Sequence[Tuple[str, str]]) -> Tuple[str, ...]:
   return tuple(f"{l}:{k}" for l, k in pairs)
 
 
+def parse_patient_counts(text: Sequence[str]) -> Tuple[Tuple[str, int], ...]:
+  """Parses ["lge:5", "t2:3"] into (("lge", 5), ("t2", 3)).
+
+  Raises:
+    ConfigError: an entry is not modality:count with a positive integer count, or a
+      modality is given twice.
+  """
+  counts = []
+  for item in text:
+    modality, _, count = item.partition(":")
+    if not modality or not count.isdigit() or int(count) < 1:
+      raise ConfigError("{labelled_train_patients}: {item} is not of the form "
+                        "modality:count with a positive count (e.g. lge:5)",
+                        "labelled_train_patients", item=repr(item))
+    if modality in dict(counts):
+      raise ConfigError("{labelled_train_patients}: {modality} is given twice",
+                        "labelled_train_patients", modality=repr(modality))
+    counts.append((modality, int(count)))
+  return tuple(counts)
+
+
+def format_patient_counts(counts: Sequence[Tuple[str, int]]) -> Tuple[str, ...]:
+  """(("lge", 5),) -> ("lge:5",): the form of --labelled_train_patients."""
+  return tuple(f"{modality}:{count}" for modality, count in counts)
+
+
 _PAPER_PAIRS = " or ".join(",".join(datasets.get_spec(name).paper_modalities)
                            for name in datasets.DATASETS)
 
@@ -197,6 +223,12 @@ class TrainConfig:
   labelled_slices_only: bool = option(
       True, flag="all_slices", inverse_flag=True,
       help="Train on unlabelled slices too (default: only slices with some foreground).")
+  labelled_train_patients: Tuple[Tuple[str, int], ...] = option(
+      (), parse=parse_patient_counts, unparse=format_patient_counts, repeatable=True,
+      help="Label scarcity: modality:count trains that modality on the labelled slices "
+      "of only count of its training patients (a fixed seeded draw, the same for every "
+      "--seed and method; see csa_tf/data/label_scarcity.py); repeatable or a comma "
+      "list, e.g. lge:5,t2:3. The test split is untouched. Default: every patient.")
   checkpoint_every: int = option(500, check=options.positive_integer,
                                  help="Steps between checkpoints.", on_resume=True)
   bn_recalibration_batches: int = option(
@@ -215,6 +247,12 @@ class TrainConfig:
       help="Steps between TensorBoard image summaries: segmentation overlays and the "
       "first CSA pair's affinity matrices (0: never; see "
       "csa_tf/training/summary_images.py).",
+      on_resume=True)
+  log_term_gradients: bool = option(
+      False,
+      help="At every log step, log the gradient norm over the shared conv kernels of "
+      "each Eq. 5 term as weighted (TensorBoard grad_norm/<term>, final_losses.json "
+      "grad_norm_<term>; see csa_tf/training/term_gradients.py).",
       on_resume=True)
   strategy: str = option(
       "default", choices=STRATEGIES,
@@ -274,6 +312,12 @@ class TrainConfig:
       # all-reduces inside.
       raise ConfigError("{jit_compile} is not supported with {strategy}={value}",
                         "jit_compile", "strategy", value=self.strategy)
+    for modality, _ in self.labelled_train_patients:
+      if modality not in self.modalities:
+        raise ConfigError("{labelled_train_patients}: {modality} is not a modality of "
+                          "this run ({modalities}={value})", "labelled_train_patients",
+                          "modalities", modality=repr(modality),
+                          value=",".join(self.modalities))
     if self.method_spec.extra_loss in ("csa", "affinity") and not self.csa_pairs:
       raise ConfigError("{csa_pairs}: at least one layer pair is needed", "csa_pairs")
     for pair in self.csa_pairs:
@@ -303,6 +347,7 @@ class TrainConfig:
     out = dataclasses.asdict(self)
     out["modalities"] = list(self.modalities)
     out["csa_pairs"] = [list(pair) for pair in self.csa_pairs]
+    out["labelled_train_patients"] = dict(self.labelled_train_patients)
     return out
 
   @classmethod
@@ -314,6 +359,9 @@ class TrainConfig:
       values["joint_bn"] = "concat"
     values["modalities"] = tuple(values["modalities"])
     values["csa_pairs"] = tuple(tuple(pair) for pair in values.get("csa_pairs", ()))
+    # Runs made before the option trained on every patient.
+    values["labelled_train_patients"] = tuple(
+        (m, int(n)) for m, n in values.get("labelled_train_patients", {}).items())
     return cls(**values)
 
 

@@ -7,7 +7,7 @@ data are unpaired: LGE batch k and bSSFP batch k come from unrelated permutation
 resumed run continues exactly where it stopped by starting at its checkpoint's step, with
 no iterator state to save. Everything runs in TensorFlow ops (no Python in the hot path).
 """
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -94,7 +94,9 @@ def _augment(images, labels, seed):
 def unpaired_batches(prepared: PreparedDataset, modalities: Sequence[str], *,
                      batch_size: int, seed: int, start_step: int = 0,
                      augment: bool = False, labelled_only: bool = True,
-                     input_slices: int = 1) -> tf.data.Dataset:
+                     input_slices: int = 1,
+                     patients: Optional[Mapping[str, Sequence[str]]] = None
+                     ) -> tf.data.Dataset:
   """Zipped independent streams of the train split: {modality: (images, labels)}.
 
   Args:
@@ -106,6 +108,8 @@ def unpaired_batches(prepared: PreparedDataset, modalities: Sequence[str], *,
     augment: see `modality_batches`.
     labelled_only: train on slices with some foreground only.
     input_slices: channels per input, 1 or 3 (`PreparedVolume.inputs`).
+    patients: {modality: the training patients to draw from} (label scarcity,
+      csa_tf/data/label_scarcity.py); None, or a modality not in it: every one.
 
   Returns:
     A dataset whose elements are dicts modality -> (images [B, H, W, input_slices]
@@ -113,8 +117,9 @@ def unpaired_batches(prepared: PreparedDataset, modalities: Sequence[str], *,
   """
   streams = {}
   for index, modality in enumerate(modalities):
-    images, labels = prepared.train_slices(modality, labelled_only=labelled_only,
-                                           input_slices=input_slices)
+    images, labels = prepared.train_slices(
+        modality, labelled_only=labelled_only, input_slices=input_slices,
+        patients=None if patients is None else patients.get(modality))
     streams[modality] = modality_batches(
         images, labels, batch_size=batch_size,
         seed=seed + _MODALITY_SEED_STRIDE * (index + 1), start_step=start_step,

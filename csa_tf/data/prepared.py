@@ -456,7 +456,9 @@ class PreparedDataset:
     return load_volume(os.path.join(self.prep_dir, entry.file))
 
   def train_slices(self, modality: str, *, labelled_only: bool = True,
-                   input_slices: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+                   input_slices: Optional[int] = None,
+                   patients: Optional[Sequence[str]] = None
+                   ) -> Tuple[np.ndarray, np.ndarray]:
     """All training slices of one modality, stacked.
 
     Args:
@@ -465,6 +467,8 @@ class PreparedDataset:
         the paper trains on annotated slices).
       input_slices: None for the slices alone; 1 or 3 for the network's inputs, each
         slice with its neighbours in its own volume (`PreparedVolume.inputs`).
+      patients: only these training patients' volumes (label scarcity, see
+        csa_tf/data/label_scarcity.py); None: every training patient.
 
     Returns:
       (images [N, crop, crop] float32, or [N, crop, crop, input_slices] with
@@ -478,6 +482,8 @@ class PreparedDataset:
                           f"(has {', '.join(self.modalities)})")
     images, labels = [], []
     for entry in self.entries_for("train", modality):
+      if patients is not None and entry.patient_id not in patients:
+        continue
       volume = self.load(entry)
       keep = (volume.label.reshape(len(volume.label), -1).max(axis=1) > 0
               if labelled_only else np.ones(len(volume.label), dtype=bool))

@@ -141,3 +141,29 @@ def losses_from_outputs(bundle: ModelBundle, batches, logits, features,
   terms["l2"] = losses.l2_loss(bundle.conv_kernels, weight=config.l2_weight)
   total += terms["l2"]
   return total, terms
+
+
+def term_names(config: TrainConfig) -> Tuple[str, ...]:
+  """The terms `losses_from_outputs` returns, in Eq. 5's order: "dice_<m>", "ce_<m>"
+  per modality, the extra term ("kd", "affinity" or "csa") when the setting has one, and
+  "l2"."""
+  names = [f"{kind}_{m}" for kind in ("dice", "ce") for m in config.modalities]
+  if config.method_spec.extra_loss is not None:
+    names.append(config.method_spec.extra_loss)
+  return tuple(names) + ("l2",)
+
+
+def term_weight(name: str, config: TrainConfig) -> float:
+  """A term's weight in Eq. 5 as `losses_from_outputs` applies it: alpha for Dice, beta
+  for CE, lambda for the extra term, 1 for L2 (whose weight is inside the term).
+
+  Raises:
+    KeyError: not a term of this config (see `term_names`).
+  """
+  if name not in term_names(config):
+    raise KeyError(name)
+  if name.startswith("dice_"):
+    return config.alpha
+  if name.startswith("ce_"):
+    return config.beta
+  return 1.0 if name == "l2" else config.lam

@@ -11,6 +11,7 @@ csa_tf/training/distribution.py); with --mixed_precision the networks compute in
 float16 while variables and losses stay float32.
 """
 import contextlib
+import functools
 import os
 import shutil
 import time
@@ -23,11 +24,13 @@ import tensorflow as tf
 from csa_tf import interrupts
 from csa_tf.training import bn_recalibration
 from csa_tf.configs import train_config as config_lib
+from csa_tf.data import label_scarcity
 from csa_tf.data import pipeline as data
 from csa_tf.training import distribution
 from csa_tf.training import objective
 from csa_tf.io import run_record
 from csa_tf.training import summary_images
+from csa_tf.training import term_gradients
 from csa_tf.errors import CsaInputError, Interrupted, NonFiniteLossError, param
 from csa_tf.io.run_dir import RunDir
 from csa_tf.io.run_lock import RunLock
@@ -70,10 +73,20 @@ def check_model_dir(model_dir: str, config: config_lib.TrainConfig) -> None:
 def training_data_record(prepared: PreparedDataset,
                          config: config_lib.TrainConfig) -> dict:
   """What RUN/training_data.json holds: the PREP's path, fingerprint, train patients,
-  slice orientation, in-plane resampling and release."""
+  slice orientation, in-plane resampling and release.
+
+  The train patients are those the run trains on: under --labelled_train_patients, the
+  drawn ones (csa_tf/data/label_scarcity.py).
+
+  Raises:
+    ConfigError: see `label_scarcity.train_patients`.
+  """
+  restricted = label_scarcity.train_patients(prepared, config.modalities,
+                                             dict(config.labelled_train_patients))
   return {"data_dir": os.path.abspath(prepared.prep_dir),
           "prep_fingerprint": prepared.fingerprint(),
-          "train_patients": prepared.patients("train", config.modalities),
+          "train_patients": (restricted if restricted is not None
+                             else prepared.patients("train", config.modalities)),
           # How the PREP turned scans into slices: predict turns new scans the same way.
           "orientation": prepared.orientation,
           # The pixel size (mm) slices were resampled to per modality (MM-WHS), so
@@ -113,6 +126,8 @@ class Trainer:
 
   Raises:
     CsaInputError: the batch size does not split evenly over the replicas.
+    ConfigError: --labelled_train_patients asks for more patients than the PREP has
+      (see `label_scarcity.train_patients`).
   """
 
   def __init__(self, config: config_lib.TrainConfig, prepared: PreparedDataset, *,
@@ -124,6 +139,9 @@ class Trainer:
     self.strategy = strategy or distribution.make_strategy(config.strategy)
     self.num_replicas = self.strategy.num_replicas_in_sync
     distribution.check_batch_size(config.batch_size, self.num_replicas)
+    # {modality: patients} under label scarcity, else None (every training patient).
+    self.train_patients = label_scarcity.train_patients(
+        prepared, config.modalities, dict(config.labelled_train_patients))
     self.chief = distribution.is_chief(self.strategy)
     if self.chief:
       self.log = log
@@ -158,21 +176,29 @@ class Trainer:
         self.checkpoint, RunDir(self.output_dir).checkpoint_dir,
         max_to_keep=config.keep_checkpoints)
     self._with_images = config.image_summary_every > 0
-    if self.distributed:
-      self._train_step = tf.function(self._distributed_step)
-    else:
-      self._train_step = tf.function(self._step, jit_compile=config.jit_compile)
+    step = self._distributed_step if self.distributed else self._step
+    jit = {} if self.distributed else {"jit_compile": config.jit_compile}
+    self._train_step = tf.function(step, **jit)
+    # The step with the per-term gradient norms, a function of its own that log steps
+    # run: off, it is never traced and costs nothing.
+    self._diagnostic_step = None
+    if config.log_term_gradients:
+      self._diagnostic_step = tf.function(
+          functools.partial(step, with_term_gradients=True), **jit)
     self._recalibration_batches = None
 
   def _scope(self):
     return self.strategy.scope() if self.distributed else contextlib.nullcontext()
 
-  def replica_gradients(self, batches):
+  def replica_gradients(self, batches, *, with_term_gradients: bool = False):
     """Gradients and loss terms of one replica's share of a step (or the whole step).
 
     On R > 1 replicas the losses are those of the global batch (batch sums all-reduced,
     see csa_tf/training/distribution.py) and the gradients are those of loss / R, so that their
     sum over replicas, which the optimizer applies, is the global batch's gradient.
+
+    with_term_gradients (decided when the step is traced) adds the global batch's
+    `term_gradients` norms, from the same forward pass (the tape is then persistent).
 
     Returns:
       (gradients, terms, images): gradients of `bundle.trainable_variables` (scaled by
@@ -180,7 +206,7 @@ class Trainer:
       tensors of `summary_images.step_outputs` (None when image summaries are off).
     """
     batch_sum = distribution.replica_sum if self.distributed else None
-    with tf.GradientTape() as tape:
+    with tf.GradientTape(persistent=with_term_gradients) as tape:
       logits, features = objective.forward(self.bundle, batches, self.config,
                                            training=True, with_features=self._with_images)
       total, terms = objective.losses_from_outputs(self.bundle, batches, logits, features,
@@ -189,7 +215,11 @@ class Trainer:
       if self.config.mixed_precision == "fp16":
         loss = self.optimizer.scale_loss(loss)
     gradients = tape.gradient(loss, self.bundle.trainable_variables)
-    terms = dict(terms)
+    diagnostics = {}
+    if with_term_gradients:
+      diagnostics = self._term_gradient_norms(tape, terms)
+      del tape
+    terms = dict(terms, **diagnostics)
     if self.config.mixed_precision != "fp16":
       # Checked like the loss terms: a finite loss with NaN gradients must not reach a
       # checkpoint. (Under fp16 the loss-scale optimizer skips overflowing steps itself.)
@@ -199,6 +229,19 @@ class Trainer:
       images = summary_images.step_outputs(batches, logits, features, self.config,
                                            batch_sum=batch_sum)
     return gradients, dict(terms, total=total), images
+
+  def _term_gradient_norms(self, tape, terms) -> Dict[str, tf.Tensor]:
+    """`term_gradients.norms_from_tape` of the step's own tape, differentiated as the
+    step's loss is (loss / R, fp16 loss scaling) and summed over replicas."""
+    fp16 = self.config.mixed_precision == "fp16"
+    loss_scale = self.optimizer.dynamic_scale if fp16 else None
+    factor = 1.0 / self.num_replicas
+    if fp16:
+      factor = factor * tf.cast(loss_scale, tf.float32)
+    return term_gradients.norms_from_tape(
+        tape, terms, self.config, term_gradients.shared_kernels(self.bundle),
+        factor=factor, unscale=loss_scale,
+        reduce=distribution.replica_sum if self.distributed else None)
 
   def train_step(self, batches) -> Dict[str, tf.Tensor]:
     """Runs one optimizer step, the compiled one `train` runs, without the bookkeeping.
@@ -217,15 +260,18 @@ class Trainer:
     """
     return self._train_step(batches)
 
-  def _step(self, batches):
-    gradients, terms, images = self.replica_gradients(batches)
+  def _step(self, batches, with_term_gradients: bool = False):
+    gradients, terms, images = self.replica_gradients(
+        batches, with_term_gradients=with_term_gradients)
     self.optimizer.apply_gradients(zip(gradients, self.bundle.trainable_variables))
     if images is not None:
       terms[IMAGES_KEY] = images
     return terms
 
-  def _distributed_step(self, per_replica_batches):
-    outputs = self.strategy.run(self._step, args=(per_replica_batches,))
+  def _distributed_step(self, per_replica_batches, with_term_gradients: bool = False):
+    outputs = self.strategy.run(
+        functools.partial(self._step, with_term_gradients=with_term_gradients),
+        args=(per_replica_batches,))
     images = outputs.pop(IMAGES_KEY, None)
     # Every replica holds the same (global) loss values; the mean is that value. The
     # exception is grad_norm, the norm of a replica's share of the gradient: its mean
@@ -256,7 +302,7 @@ class Trainer:
       stream = data.unpaired_batches(
           self.prepared, self.config.modalities, batch_size=self.config.batch_size,
           seed=self.config.seed + 1, labelled_only=self.config.labelled_slices_only,
-          input_slices=self.config.in_channels)
+          input_slices=self.config.in_channels, patients=self.train_patients)
       self._recalibration_batches = list(stream.take(count)) if count else []
     return self._recalibration_batches
 
@@ -296,7 +342,7 @@ class Trainer:
         self.prepared, self.config.modalities, batch_size=self.config.batch_size,
         seed=self.config.seed, start_step=start_step, augment=self.config.augment,
         labelled_only=self.config.labelled_slices_only,
-        input_slices=self.config.in_channels)
+        input_slices=self.config.in_channels, patients=self.train_patients)
 
   def train(self) -> Dict[str, float]:
     """Runs (or resumes) training to config.train_steps; returns the last loss terms.
@@ -382,17 +428,26 @@ class Trainer:
     last: Dict[str, float] = {}
     window_start, window_steps = time.perf_counter(), 0
     for batches in batches_stream:
-      terms = self._train_step(batches)
+      step = int(self.step.numpy()) + 1
+      logged = (step % config.log_every == 0 or step == config.train_steps
+                or step == start + 1)
+      step_function = self._train_step
+      if logged and self._diagnostic_step is not None:
+        step_function = self._diagnostic_step
+      terms = step_function(batches)
       images = terms.pop(IMAGES_KEY, None)
       step = int(self.step.assign_add(1).numpy())
       last = {name: float(value) for name, value in terms.items()}
-      bad = [name for name, value in last.items() if not np.isfinite(value)]
+      # The diagnostics are no loss: a non-finite total gradient shows in grad_norm (and
+      # under fp16 a term's scaled gradient may overflow where the optimizer skips).
+      bad = [name for name, value in last.items() if not np.isfinite(value)
+             and not name.startswith(term_gradients.PREFIX)]
       if bad:
         raise NonFiniteLossError(
             f"non-finite loss at step {step}: {', '.join(f'{n}={last[n]}' for n in bad)}; "
             f"the last good checkpoint in {self.manager.directory} is kept")
       window_steps += 1
-      if step % config.log_every == 0 or step == config.train_steps or step == start + 1:
+      if logged:
         elapsed = time.perf_counter() - window_start
         rate = window_steps / elapsed if elapsed > 0 else float("nan")
         lr = float(schedule(step - 1))
@@ -400,7 +455,10 @@ class Trainer:
                                first=step == start + 1))
         with writer.as_default(step=step):
           for name, value in last.items():
-            tf.summary.scalar(f"loss/{name}", value)
+            if name.startswith(term_gradients.PREFIX):
+              tf.summary.scalar(f"grad_norm/{name[len(term_gradients.PREFIX):]}", value)
+            else:
+              tf.summary.scalar(f"loss/{name}", value)
           tf.summary.scalar("learning_rate", lr)
           tf.summary.scalar("steps_per_second", rate)
         writer.flush()
@@ -424,7 +482,7 @@ def progress_line(step: int, total_steps: int, terms: Dict[str, float], lr: floa
   instead of a speed.
   """
   shown = " ".join(f"{name} {value:.4g}" for name, value in terms.items()
-                   if name != "total")
+                   if name != "total" and not name.startswith(term_gradients.PREFIX))
   if first:
     speed = f"first step (tracing) {1 / steps_per_second:.1f} s"
   else:
