@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ["csa_tf.train", "csa_tf.evaluate", "csa_tf.predict", "csa_tf.export",
             "csa_tf.visualize", "csa_tf.gpu_check", "data_prep.mscmr", "data_prep.mmwhs",
             "data_prep.mmwhs_pnp", "data_prep.myops", "data_prep.phantom",
-            "experiments.reproduce", "experiments.study",
+            "experiments.reproduce", "experiments.study", "experiments.gradient_shares",
             "benchmarks.run", "benchmarks.hd_eval"]
 NOTICES = re.compile(r"cuInit|oneDNN|InitializeLog|cudart_stub|rebuild TensorFlow")
 
