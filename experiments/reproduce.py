@@ -148,8 +148,7 @@ def reproduce(dataset: str, data_dir: str, output_dir: str, *, methods: List[str
 
 def main(argv):
   del argv
-  if FLAGS.train_steps is not None and FLAGS.train_steps < 1:
-    raise CsaInputError(f"--train_steps={FLAGS.train_steps}: must be a positive integer")
+  runner.check_train_steps(FLAGS.train_steps)
   flagfile = FLAGS.flagfile_for_train or os.path.join(HERE, f"{FLAGS.dataset}.flags")
   reproduce(FLAGS.dataset, FLAGS.data_dir, FLAGS.output_dir, methods=FLAGS.methods,
             train_steps=FLAGS.train_steps, seed=FLAGS.seed, flagfile=flagfile,

@@ -54,6 +54,13 @@ def run_logged(command: List[str], log_path: str) -> None:
       raise CommandFailed(f"{log_path}: `{' '.join(command[2:4])}` failed: {last}", last)
 
 
+def check_train_steps(train_steps) -> None:
+  """Raises CsaInputError for a --train_steps override that is not positive (None: the
+  flagfile's)."""
+  if train_steps is not None and train_steps < 1:
+    raise CsaInputError(f"--train_steps={train_steps}: must be a positive integer")
+
+
 def run_done(run_dir: str, train_steps: int) -> bool:
   """Whether the run reached train_steps and its evaluation is of that checkpoint.
 

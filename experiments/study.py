@@ -144,8 +144,7 @@ def run_study(data_dir: str, output_dir: str, *, entries: List[Tuple[str, List[s
 
 def main(argv):
   del argv
-  if FLAGS.train_steps is not None and FLAGS.train_steps < 1:
-    raise CsaInputError(f"--train_steps={FLAGS.train_steps}: must be a positive integer")
+  runner.check_train_steps(FLAGS.train_steps)
   entries = parse_entries(FLAGS.methods, FLAGS.variant, FLAGS.variant_flag)
   seeds = parse_seeds(FLAGS.seeds)
   flagfile = FLAGS.flagfile_for_train

@@ -15,44 +15,12 @@ from csa_tf.data import prepared as prepared_lib
 from csa_tf.data.mscmr import prepare_mscmr
 from csa_tf.evaluation import evaluator
 from csa_tf.io.run_dir import RunDir
-from tests.helpers import make_config, short_axis_label, write_nifti
+from tests.helpers import make_config, oracle_run, short_axis_label, write_nifti
 
 AFFINE = np.diag([1.25, 1.25, 10.0, 1.0])
 RAW_VALUES = {"LV": 500, "myo": 200, "RV": 600}
 TAGS = {"lge": "LGE", "bssfp": "C0"}
 CROP = 16  # the hearts below are 23 x 33 pixels: the box cuts every class
-
-
-class _Oracle:
-  """A segmenter whose labels are the PREP's crop labels of the same image."""
-
-  def __init__(self, prep: prepared_lib.PreparedDataset):
-    self._labels = {}
-    for entry in prep.entries:
-      volume = prep.load(entry)
-      self._labels[volume.image.tobytes()] = volume.label
-
-  def labels(self, slices, modality):
-    del modality
-    return self._labels[slices.tobytes()]
-
-
-class _OracleRun(RunDir):
-  """A run folder whose config is given and whose segmenter is the oracle."""
-
-  def __init__(self, path, prep):
-    super().__init__(str(path))
-    self._oracle_config = make_config(path, data_dir=prep.prep_dir, crop_size=CROP)
-    self._prep = prep
-
-  @property
-  def config(self):
-    return self._oracle_config
-
-  def segmenter(self, *, batch_size=16):
-    del batch_size
-    self.checkpoint_path = os.path.join(self.checkpoint_dir, "ckpt-2")
-    return _Oracle(self._prep)
 
 
 def _release(root):
@@ -81,7 +49,8 @@ def _prep(tmp_path):
 
 def _evaluate(tmp_path, prep):
   lines = []
-  run = _OracleRun(tmp_path / "run", prep)
+  run = oracle_run(tmp_path / "run", prep,
+                   make_config(tmp_path / "run", data_dir=prep.prep_dir, crop_size=CROP))
   report = evaluator._evaluate(run, prep, split="test", batch_size=16, log=lines.append)  # pylint: disable=protected-access
   rows = list(csv.DictReader(open(run.per_volume_path(), encoding="utf-8")))
   return report, rows, lines

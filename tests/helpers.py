@@ -363,3 +363,41 @@ def start_command(module, *args, env=None, merge_stderr=False):
   return subprocess.Popen(
       command_line(module, *args), cwd=ROOT, env=command_environment(**(env or {})),
       stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+# ---------------------------------------------------------------------------------------
+# A stand-in for a trained run: evaluation without training.
+# ---------------------------------------------------------------------------------------
+class OracleSegmenter:
+  """A segmenter whose labels are the PREP's crop labels of the same image."""
+
+  def __init__(self, prep):
+    self._labels = {}
+    for entry in prep.entries:
+      volume = prep.load(entry)
+      self._labels[volume.image.tobytes()] = volume.label
+
+  def labels(self, slices, modality):
+    del modality
+    # [S, H, W] slices, or one-channel inputs [S, H, W, 1] (the same bytes).
+    return self._labels[np.ascontiguousarray(slices[..., 0] if slices.ndim == 4
+                                             else slices).tobytes()]
+
+
+def oracle_run(path, prep, config):
+  """A RunDir at path with the given config whose segmenter is OracleSegmenter(prep)."""
+  from csa_tf.io.run_dir import RunDir  # pylint: disable=g-import-not-at-top
+
+  class OracleRun(RunDir):
+
+    @property
+    def config(self):
+      return config
+
+    def segmenter(self, *, batch_size=16):
+      del batch_size
+      self.checkpoint_path = os.path.join(self.checkpoint_dir, "ckpt-2")
+      return OracleSegmenter(prep)
+
+  return OracleRun(str(path))
+

@@ -16,7 +16,7 @@ from csa_tf.errors import CsaInputError
 from csa_tf.evaluation import evaluator
 from csa_tf.io.run_dir import RunDir
 from csa_tf.serving import predictor
-from tests.helpers import make_config, write_nifti
+from tests.helpers import make_config, oracle_run, write_nifti
 
 CROP = 24  # At --scale=0.1 a CT phantom heart spans ~30 of its 51 pixels.
 CT_VALUES = {"LVM": 205, "LAC": 420, "LVC": 500, "AA": 820}
@@ -82,41 +82,10 @@ def test_auto_spacing_leaves_no_heart_cut_and_native_cuts_it(ct_raw, auto_prep,
   assert "ct coronal slices on each volume's own grid" in summary
 
 
-class _Oracle:
-  """Predicts each volume's PREP label (its crop on the resampled grid)."""
-
-  def __init__(self, prep):
-    self._labels = {}
-    for entry in prep.entries:
-      volume = prep.load(entry)
-      self._labels[volume.image.tobytes()] = volume.label
-
-  def labels(self, slices, modality):
-    del modality
-    return self._labels[slices[..., 0].tobytes() if slices.ndim == 4
-                        else slices.tobytes()]
-
-
-class _OracleRun(RunDir):
-
-  def __init__(self, path, prep):
-    super().__init__(str(path))
-    self._given = make_config(path, data_dir=prep.prep_dir, dataset="mmwhs",
-                              num_classes=5, modalities=("ct",), method="single", crop_size=CROP)
-    self._prep = prep
-
-  @property
-  def config(self):
-    return self._given
-
-  def segmenter(self, *, batch_size=16):
-    del batch_size
-    self.checkpoint_path = os.path.join(self.checkpoint_dir, "ckpt-2")
-    return _Oracle(self._prep)
-
-
 def test_evaluation_scores_against_the_label_files(ct_raw, auto_prep, tmp_path):
-  run = _OracleRun(tmp_path / "run", auto_prep)
+  run = oracle_run(tmp_path / "run", auto_prep, make_config(
+      tmp_path / "run", data_dir=auto_prep.prep_dir, dataset="mmwhs", num_classes=5,
+      modalities=("ct",), method="single", crop_size=CROP))
   report = evaluator._evaluate(run, auto_prep, split="test", batch_size=16,  # pylint: disable=protected-access
                                log=lambda line: None)
   assert report["scored_against"] == evaluator.SCORED_AGAINST_FILE
