@@ -252,3 +252,23 @@ def test_commands_write_and_prepare_the_myops_layout(tmp_path):
   assert result.stderr.strip().splitlines()[-1] == (
       "error: --release=myops: expected full for mmwhs")
   assert not (tmp_path / "mm").exists()
+
+
+def test_nan_voxels_are_repaired_and_reported_or_refused(myops_phantom, tmp_path):
+  source, _, _ = myops_phantom
+  raw = str(tmp_path / "raw")
+  shutil.copytree(source, raw)
+  path = os.path.join(raw, "train25", "myops_training_101_C0.nii.gz")
+  image = nib.load(path)
+  data = np.asarray(image.dataobj, np.float32)
+  data[0, 0, 0] = data[1, 1, 1] = np.nan  # two of thousands: well under 1%
+  nib.save(nib.Nifti1Image(data, image.affine), path)
+  with pytest.raises(CsaInputError, match="non-finite"):
+    prepare_myops(raw, str(tmp_path / "refused"), modalities=["bssfp"], crop_size=32,
+                  non_finite="refuse")
+  assert not (tmp_path / "refused").exists()
+  summary = prepare_myops(raw, str(tmp_path / "prep"), modalities=["bssfp"], crop_size=32)
+  assert "train25/myops_training_101_C0.nii.gz: 2 of" in summary
+  meta = json.load(open(tmp_path / "prep" / "prep_meta.json"))
+  assert [(r["file"], r["voxels"]) for r in meta["non_finite_repaired"]] == [
+      ("train25/myops_training_101_C0.nii.gz", 2)]

@@ -14,6 +14,7 @@ from typing import Dict, List, Tuple
 
 from csa_tf.configs import datasets
 from csa_tf.errors import CsaInputError, param
+from csa_tf.io import non_finite as non_finite_lib
 from csa_tf.io.nifti import read_volume
 from csa_tf.data.slicing import ORIENTATION_HEADER, short_axis_ornt
 from csa_tf.data import discovery
@@ -60,13 +61,15 @@ def _sort_files(found: Dict[Tuple[str, ...], str], tags: Dict[str, str]):
 
 def prepare_myops(raw_dir: str, output_dir: str, *,
                   modalities=datasets.MSCMR.modalities, crop_size: int = 224,
-                  test_fraction: float = 0.2, seed: int = 0, overwrite: bool = False) -> str:
+                  test_fraction: float = 0.2, seed: int = 0, overwrite: bool = False,
+                  non_finite: str = non_finite_lib.REPAIR) -> str:
   """Prepares the MyoPS 2020 training patients under raw_dir into output_dir.
 
   Each requested sequence of a training patient is prepared with the patient's one label
   (500 -> LV, 200/1220/2221 -> myo, 600 -> RV); patients are split 80/20 as MS-CMRSeg's.
   test20/ images and sequences not requested are left out and listed in summary.txt and
-  prep_meta.json ("ignored_files").
+  prep_meta.json ("ignored_files"). NaN/Inf voxels are repaired or refused as for
+  MS-CMRSeg (`non_finite`, csa_tf/io/non_finite.py; slices along array axis 2).
 
   Returns:
     The summary text.
@@ -78,6 +81,7 @@ def prepare_myops(raw_dir: str, output_dir: str, *,
   """
   spec = datasets.MYOPS_LABELS
   preparation.check_common_flags(crop_size, test_fraction, raw_dir, output_dir)
+  non_finite_lib.check_policy(non_finite)
   modalities = discovery.check_modalities(modalities, list(datasets.MYOPS_SEQUENCE_TAGS),
                                           "MyoPS")
   tag_of = datasets.MYOPS_SEQUENCE_TAGS
@@ -108,8 +112,9 @@ def prepare_myops(raw_dir: str, output_dir: str, *,
             f"prepare with {param('modalities')} not including {modality} or add the file")
 
   def load(n, modality):
-    image = read_volume(images[(n, modality)], kind="image")
-    label = read_volume(labels[n], kind="label")
+    image = read_volume(images[(n, modality)], kind="image", non_finite=non_finite,
+                        slice_axis=2)
+    label = read_volume(labels[n], kind="label", non_finite=non_finite)
     # The one label serves every sequence only because they are co-registered.
     preparation.check_same_grid(image, label)
     return image, label, modality, patient_id(n), short_axis_ornt(image.affine)
