@@ -158,3 +158,12 @@ def test_run_spacing_from_the_record_else_from_the_prep(auto_prep, tmp_path):
   assert predictor.run_in_plane_spacing(run, "ct") == auto_prep.in_plane_spacing_mm["ct"]
   run.write_training_data({"in_plane_spacing_mm": {"ct": 1.25}})
   assert predictor.run_in_plane_spacing(run, "ct") == 1.25
+
+
+@pytest.mark.parametrize("value", ["-2", "0", "fine", "nan"])
+def test_bad_spacing_is_one_line(value):
+  assert in_plane_spacing.parse("auto") == "auto" and in_plane_spacing.parse("0.4") == 0.4
+  with pytest.raises(CsaInputError) as error:
+    in_plane_spacing.parse(value)
+  assert str(error.value) == (f"in_plane_spacing={value}: must be auto, native or a "
+                              "positive pixel size in mm")
