@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from csa_tf.errors import CsaInputError
-from csa_tf.data import prepared as prepared_lib
+from csa_tf.data import patient_splits
 from csa_tf.data.prepared import PreparedDataset
 from csa_tf.data.mscmr import prepare_mscmr
 from tests.helpers import make_mscmr_release, run_command, write_nifti
@@ -299,17 +299,17 @@ def test_split_gives_every_modality_with_two_patients_a_test_patient():
   # training patient), nor the reverse.
   modalities_of = {"p1": ["lge", "bssfp"], "p2": ["lge"], "p3": ["bssfp"]}
   for seed in range(6):
-    splits = prepared_lib.split_by_labelled_modalities(modalities_of, test_fraction=0.2,
+    splits = patient_splits.split_by_labelled_modalities(modalities_of, test_fraction=0.2,
                                                        seed=seed)
     assert sorted(splits["train"] + splits["test"]) == ["p1", "p2", "p3"]
     for modality in ("lge", "bssfp"):
       labelled = {p for p, ms in modalities_of.items() if modality in ms}
       assert labelled & set(splits["test"]) and labelled & set(splits["train"]), seed
-    assert prepared_lib.split_shortfalls(modalities_of, splits, test_fraction=0.2) == []
+    assert patient_splits.split_shortfalls(modalities_of, splits, test_fraction=0.2) == []
   # One group: exactly the seeded split of all patients.
   one_group = {f"p{n}": ["lge", "bssfp"] for n in range(9)}
-  assert prepared_lib.split_by_labelled_modalities(
-      one_group, test_fraction=0.2, seed=4) == prepared_lib.seeded_patient_split(
+  assert patient_splits.split_by_labelled_modalities(
+      one_group, test_fraction=0.2, seed=4) == patient_splits.seeded_patient_split(
           sorted(one_group), test_fraction=0.2, seed=4)
 
 

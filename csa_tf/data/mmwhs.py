@@ -16,7 +16,7 @@ from csa_tf.data.slicing import header_ornt, ornt_slice_axis
 from csa_tf.data import discovery
 from csa_tf.data import heart_region
 from csa_tf.data import in_plane_spacing as spacing_lib
-from csa_tf.data import prepared
+from csa_tf.data import patient_splits
 from csa_tf.data import preparation
 
 
@@ -79,7 +79,7 @@ def prepare_mmwhs(raw_dir: str, output_dir: str, *,
     auto = None
     if setting == spacing_lib.AUTO:
       # The same seeded split run_preparation draws below: only training hearts count.
-      train = prepared.seeded_patient_split(group, test_fraction=test_fraction,
+      train = patient_splits.seeded_patient_split(group, test_fraction=test_fraction,
                                             seed=seed)["train"]
       auto = spacing_lib.auto_spacing(
           (_heart_extent(labels[(modality, name.rsplit("_", 1)[1])], spec, non_finite)

@@ -38,7 +38,7 @@ def prepare_mscmr(raw_dir: str, output_dir: str, *,
   requested modalities it has labelled, and one with no labelled requested modality
   contributes nothing (its images are listed). The split is by patient, drawn within
   groups of patients with the same labelled modalities
-  (`prepared.split_by_labelled_modalities`).
+  (`patient_splits.split_by_labelled_modalities`).
 
   Args:
     require_labels: refuse an image without its label and a patient without a

@@ -13,6 +13,7 @@ from csa_tf.errors import CsaInputError, param
 from csa_tf.io import atomic
 from csa_tf.io.nifti import Volume, check_not_blank
 from csa_tf.data import heart_region
+from csa_tf.data import patient_splits
 from csa_tf.data.slicing import VolumeGeometry, enclosing_crop_origin, in_plane_zoom
 
 
@@ -343,13 +344,13 @@ def run_preparation(output_dir: str, *, spec: DatasetSpec, settings: dict,
       if split_groups:
         split_ids = {"train": [], "test": []}
         for group in split_groups:
-          part = prepared.seeded_patient_split(group, test_fraction=fraction, seed=seed)
+          part = patient_splits.seeded_patient_split(group, test_fraction=fraction, seed=seed)
           split_ids["train"] += part["train"]
           split_ids["test"] += part["test"]
       else:
-        split_ids = prepared.split_by_labelled_modalities(
+        split_ids = patient_splits.split_by_labelled_modalities(
             modalities_of, test_fraction=fraction, seed=seed)
-      warnings = prepared.split_shortfalls(modalities_of, split_ids,
+      warnings = patient_splits.split_shortfalls(modalities_of, split_ids,
                                            test_fraction=fraction)
       for line in warnings:
         print(line, flush=True)
