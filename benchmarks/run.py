@@ -12,6 +12,15 @@ prints one `name: value` line per figure:
                       training step consumes
   hd_eval_seconds     per-class HD on a CT-sized (512x512x250) volume (evaluation code)
   prep_peak_rss_mb    peak memory of preparing one CT-sized MM-WHS volume (subprocess)
+  model_gflops_per_image  forward GFLOPs of the paper's network on one 224x224 slice
+                      (always the paper's: feature_base 16, 4 classes, 1 channel)
+  flops_utilization   achieved GFLOP/s of the timed CSA step / peak_gflops (the best
+                      round of a large float32 matmul on the same device, timed in the
+                      same rounds as the step); also prints
+                      step_gflops, achieved_gflops and peak_gflops
+
+Timed figures print their median over --rounds interleaved rounds with the min and max
+(a ratio's spread is that of its per-round ratios, each round timing both sides).
 
 Default sizes fit a 2-core CPU in a few minutes (feature_base 8, 64x64 crops, batch 8
 per modality); --full uses the paper's (feature_base 16, 224x224, batch 8).
@@ -25,11 +34,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Sequence
 
 from absl import flags
 
 from csa_tf import cli
+from csa_tf.errors import CsaInputError
 
 FLAGS = flags.FLAGS
 
@@ -37,41 +47,59 @@ FLAGS = flags.FLAGS
 def define_flags():
   """Defines this command's flags (only when run as a command, never on import)."""
   flags.DEFINE_bool("full", False, "Paper sizes (feature_base 16, 224 crops).")
-  flags.DEFINE_integer("steps", 10, "Timed steps per configuration and round (3 rounds, "
-                       "alternating configurations, after warm-up).")
+  flags.DEFINE_integer("steps", 10, "Timed steps per configuration and round (rounds "
+                       "alternate the configurations, after warm-up).")
+  flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds per figure.")
   flags.DEFINE_integer("warmup", 3, "Untimed steps per configuration.")
   flags.DEFINE_string("output", None, "Also write a Markdown report here.")
   flags.DEFINE_list("only", [], "Measure only these figures (names as printed).")
 
 
-ROUNDS = 3
+ROUNDS = 5
 
 
 def _interleaved_seconds(runners: Dict[str, Callable[[int], float]], steps: int,
-                         warmup: int) -> Dict[str, float]:
-  """Median seconds per step of each runner, measured in alternating rounds.
+                         warmup: int, rounds: int = ROUNDS) -> Dict[str, List[float]]:
+  """Seconds per step of each runner in each of `rounds` alternating rounds.
 
   Each runner(n) runs n steps and returns the seconds they took. Alternating the
-  configurations round by round keeps a change in machine load from favouring one.
+  configurations round by round keeps a change in machine load from favouring one, and
+  lets a ratio be taken within each round.
   """
   for run in runners.values():
     run(max(warmup, 1))
   per_step = {name: [] for name in runners}
-  for _ in range(ROUNDS):
+  for _ in range(rounds):
     for name, run in runners.items():
       per_step[name].append(run(steps) / steps)
-  return {name: statistics.median(times) for name, times in per_step.items()}
+  return per_step
+
+
+def spread(name: str, values: Sequence[float]) -> Dict[str, float]:
+  """{name: median, name_min, name_max} of one figure's per-round values."""
+  return {name: statistics.median(values), f"{name}_min": min(values),
+          f"{name}_max": max(values)}
+
+
+def _ratio(numerators: Sequence[float], denominators: Sequence[float]) -> List[float]:
+  return [n / d for n, d in zip(numerators, denominators)]
+
+
+def _medians(per_round: Dict[str, List[float]], suffix: str) -> Dict[str, float]:
+  return {f"{name}{suffix}": statistics.median(values)
+          for name, values in per_round.items()}
 
 
 class Workbench:
   """Phantom data and trainers shared by the training-step figures."""
 
-  def __init__(self, root: str, *, full: bool):
+  def __init__(self, root: str, *, full: bool, rounds: int = ROUNDS):
     from csa_tf.data.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
     from csa_tf.data import phantom  # pylint: disable=g-import-not-at-top
     from csa_tf.data.mscmr import prepare_mscmr  # pylint: disable=g-import-not-at-top
     from csa_tf.configs import datasets  # pylint: disable=g-import-not-at-top
     self.root = root
+    self.rounds = rounds
     self.crop = 224 if full else 64
     self.feature_base = 16 if full else 8
     raw = os.path.join(root, "raw")
@@ -92,10 +120,10 @@ class Workbench:
     values.update(overrides)
     return config_lib.TrainConfig(**values).validate()
 
-  def step_runner(self, config) -> Callable[[int], float]:
+  def step_runner(self, config, trainer=None) -> Callable[[int], float]:
     """runner(n): seconds of n training steps on fixed, pre-fetched batches."""
     from csa_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
-    trainer = Trainer(config, self.prepared, log=lambda _: None)
+    trainer = trainer or Trainer(config, self.prepared, log=lambda _: None)
     batches = next(iter(trainer.dataset(0)))
     def run(n):
       start = time.perf_counter()
@@ -109,19 +137,20 @@ class Workbench:
 def csa_overhead_ratio(bench: Workbench, steps: int, warmup: int) -> Dict[str, float]:
   seconds = _interleaved_seconds(
       {"msbn": bench.step_runner(bench.config("msbn", method="msbn")),
-       "csa": bench.step_runner(bench.config("csa", method="csa"))}, steps, warmup)
-  return {"csa_overhead_ratio": seconds["csa"] / seconds["msbn"],
-          "msbn_step_seconds": seconds["msbn"], "csa_step_seconds": seconds["csa"]}
+       "csa": bench.step_runner(bench.config("csa", method="csa"))}, steps, warmup,
+      bench.rounds)
+  return dict(spread("csa_overhead_ratio", _ratio(seconds["csa"], seconds["msbn"])),
+              **_medians(seconds, "_step_seconds"))
 
 
 def xla_speedup(bench: Workbench, steps: int, warmup: int) -> Dict[str, float]:
   seconds = _interleaved_seconds(
       {"plain": bench.step_runner(bench.config("plain", method="csa")),
        "xla": bench.step_runner(bench.config("xla", method="csa", jit_compile=True))},
-      steps, warmup)
-  return {"xla_speedup": seconds["plain"] / seconds["xla"],
-          "csa_plain_step_seconds": seconds["plain"],
-          "csa_xla_step_seconds": seconds["xla"]}
+      steps, warmup, bench.rounds)
+  return dict(spread("xla_speedup", _ratio(seconds["plain"], seconds["xla"])),
+              csa_plain_step_seconds=statistics.median(seconds["plain"]),
+              csa_xla_step_seconds=statistics.median(seconds["xla"]))
 
 
 def loop_vs_fit_ratio(bench: Workbench, steps: int, warmup: int) -> Dict[str, float]:
@@ -167,9 +196,9 @@ def loop_vs_fit_ratio(bench: Workbench, steps: int, warmup: int) -> Dict[str, fl
     model.fit(dataset, epochs=1, steps_per_epoch=n, verbose=0)
     return time.perf_counter() - start
   seconds = _interleaved_seconds({"loop": bench.step_runner(config), "fit": fit_run},
-                                 steps, warmup)
-  return {"loop_vs_fit_ratio": seconds["loop"] / seconds["fit"],
-          "loop_step_seconds": seconds["loop"], "fit_step_seconds": seconds["fit"]}
+                                 steps, warmup, bench.rounds)
+  return dict(spread("loop_vs_fit_ratio", _ratio(seconds["loop"], seconds["fit"])),
+              **_medians(seconds, "_step_seconds"))
 
 
 def input_headroom(bench: Workbench, steps: int, warmup: int) -> Dict[str, float]:
@@ -184,11 +213,42 @@ def input_headroom(bench: Workbench, steps: int, warmup: int) -> Dict[str, float
   for _ in range(count):
     next(iterator)
   pipeline_rate = count / (time.perf_counter() - start)
-  step_rate = 1.0 / _interleaved_seconds({"step": bench.step_runner(config)}, steps,
-                                         warmup)["step"]
+  step_rate = 1.0 / statistics.median(_interleaved_seconds(
+      {"step": bench.step_runner(config)}, steps, warmup, bench.rounds)["step"])
   return {"input_headroom": pipeline_rate / step_rate,
           "pipeline_batches_per_second": pipeline_rate,
           "train_steps_per_second": step_rate}
+
+
+def model_gflops_per_image(bench, steps, warmup) -> Dict[str, float]:
+  del bench, steps, warmup
+  from csa_tf.model import flops  # pylint: disable=g-import-not-at-top
+  return {"model_gflops_per_image": flops.paper_network_gflops_per_image()}
+
+
+def flops_utilization(bench: Workbench, steps: int, warmup: int) -> Dict[str, float]:
+  """The CSA step's achieved GFLOP/s against a float32 matmul's, round by round."""
+  from benchmarks import utilization  # pylint: disable=g-import-not-at-top
+  from csa_tf.model import flops  # pylint: disable=g-import-not-at-top
+  from csa_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
+  config = bench.config("flops", method="csa")
+  trainer = Trainer(config, bench.prepared, log=lambda _: None)
+  (net,) = trainer.bundle.unique_networks
+  step_flops = flops.training_step_flops(
+      net, bench.crop, bench.crop,
+      images_per_step=config.batch_size * len(config.modalities))
+  seconds = _interleaved_seconds(
+      {"step": bench.step_runner(config, trainer), "matmul": utilization.matmul_runner()},
+      steps, warmup, bench.rounds)
+  achieved = utilization.gflops_per_round(step_flops, seconds["step"])
+  peak = utilization.gflops_per_round(utilization.matmul_flops_per_call(),
+                                      seconds["matmul"])
+  # Against the best matmul round: the device's limit is what it can reach, and a round
+  # slowed by other load would otherwise inflate that round's utilization.
+  best = max(peak)
+  return dict(spread("flops_utilization", [value / best for value in achieved]),
+              step_gflops=step_flops / 1e9, **spread("achieved_gflops", achieved),
+              **spread("peak_gflops", peak))
 
 
 def hd_eval_seconds(bench, steps, warmup) -> Dict[str, float]:
@@ -225,29 +285,54 @@ def prep_peak_rss_mb(bench, steps, warmup) -> Dict[str, float]:
     return {"prep_peak_rss_mb": float(result.stdout.strip().splitlines()[-1])}
 
 
-FIGURES = (("csa_overhead_ratio", csa_overhead_ratio),
+FIGURES = (("model_gflops_per_image", model_gflops_per_image),
+           ("flops_utilization", flops_utilization),
+           ("csa_overhead_ratio", csa_overhead_ratio),
            ("loop_vs_fit_ratio", loop_vs_fit_ratio),
            ("xla_speedup", xla_speedup),
            ("input_headroom", input_headroom),
            ("hd_eval_seconds", hd_eval_seconds),
            ("prep_peak_rss_mb", prep_peak_rss_mb))
-TARGETS = {"csa_overhead_ratio": "<= 1.10", "loop_vs_fit_ratio": "<= 1.0",
+# Figures that need no training workbench.
+_STANDALONE = ("model_gflops_per_image", "hd_eval_seconds", "prep_peak_rss_mb")
+TARGETS = {"model_gflops_per_image": "59.6 (REFERENCE.md section 1)",
+           "flops_utilization": ">= 0.30 at paper size", "csa_overhead_ratio": "<= 1.10", "loop_vs_fit_ratio": "<= 1.0",
            "xla_speedup": "(report)", "input_headroom": ">= 5",
            "hd_eval_seconds": "< 0.5", "prep_peak_rss_mb": "< 2048"}
 
 
-def run_benchmarks(*, full: bool, steps: int, warmup: int, only=()) -> Dict[str, float]:
+def figure_line(name: str, results: Dict[str, float]) -> str:
+  """`name: median` and, for a timed figure, its spread over rounds."""
+  line = f"{name}: {results[name]:.3f}"
+  if f"{name}_min" in results:
+    line += f" (min {results[name + '_min']:.3f}, max {results[name + '_max']:.3f})"
+  return line
+
+
+def run_benchmarks(*, full: bool, steps: int, warmup: int, rounds: int = ROUNDS,
+                   only=()) -> Dict[str, float]:
+  """Measures every figure (or those in `only`); returns every value by name.
+
+  Raises:
+    CsaInputError: `only` names no figure, or rounds < 1.
+  """
+  unknown = [name for name in only if name not in dict(FIGURES)]
+  if unknown:
+    raise CsaInputError(f"--only: unknown figure {', '.join(unknown)}; expected some of "
+                        f"{', '.join(name for name, _ in FIGURES)}")
+  if rounds < 1:
+    raise CsaInputError(f"--rounds={rounds}: must be at least 1")
   results: Dict[str, float] = {}
   with tempfile.TemporaryDirectory() as root:
     bench = None
     for name, measure in FIGURES:
       if only and name not in only:
         continue
-      if bench is None and name not in ("hd_eval_seconds", "prep_peak_rss_mb"):
-        bench = Workbench(root, full=full)
+      if bench is None and name not in _STANDALONE:
+        bench = Workbench(root, full=full, rounds=rounds)
       values = measure(bench, steps, warmup)
-      print(f"{name}: {values[name]:.3f}", flush=True)
       results.update(values)
+      print(figure_line(name, results), flush=True)
   return results
 
 
@@ -259,21 +344,24 @@ def markdown_report(results: Dict[str, float], command: str, full: bool) -> str:
            f"{'GPU ' + str(tf.config.list_physical_devices('GPU')) if tf.config.list_physical_devices('GPU') else 'no GPU'}, "
            f"Python {platform.python_version()}, TensorFlow {tf.__version__}; "
            f"{'paper sizes' if full else 'CPU sizes (feature_base 8, 64x64, batch 8 per modality)'}.",
-           "", "| figure | value | target |", "|---|---|---|"]
+           "", "| figure | median | min | max | target |", "|---|---|---|---|---|"]
   for name, _ in FIGURES:
     if name in results:
-      lines.append(f"| {name} | {results[name]:.3f} | {TARGETS[name]} |")
-  lines += ["", "Details:", ""]
-  lines += [f"- {k}: {v:.4g}" for k, v in results.items() if k not in TARGETS]
+      low, high = (f"{results[k]:.3f}" if k in results else "" for k in
+                   (f"{name}_min", f"{name}_max"))
+      lines.append(f"| {name} | {results[name]:.3f} | {low} | {high} | {TARGETS[name]} |")
+  lines += ["", "Details (medians over rounds):", ""]
+  lines += [f"- {k}: {v:.4g}" for k, v in results.items()
+            if k not in TARGETS and not k.endswith(("_min", "_max"))]
   return "\n".join(lines) + "\n"
 
 
 def main(argv):
   del argv
   results = run_benchmarks(full=FLAGS.full, steps=FLAGS.steps, warmup=FLAGS.warmup,
-                           only=FLAGS.only)
+                           rounds=FLAGS.rounds, only=FLAGS.only)
   for name, value in results.items():
-    if name not in TARGETS:
+    if name not in TARGETS and not name.endswith(("_min", "_max")):
       print(f"  {name}: {value:.4g}")
   if FLAGS.output:
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:])
