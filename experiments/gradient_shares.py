@@ -1,19 +1,21 @@
 r"""How hard the CSA term pulls next to Dice + CE, for every reading of Eq. 3-4, at fresh
-weights (issue 14, study item a; `csa_tf.train --log_term_gradients` measures it during
-training).
+weights or at a trained run's (issue 14, study item a; `csa_tf.train
+--log_term_gradients` measures it during training).
 
   python -m experiments.gradient_shares --data_dir=PREP [--feature_base=4] \
-      [--batch_size=8] [--lambda=0.5] [--seed=0] [--output=OUT.md]
+      [--batch_size=8] [--lambda=0.5] [--seed=0] [--from_run=RUN] [--output=OUT.md]
 
 For each of --csa_affinity (cosine, dot) x --csa_area_norm (count, fraction, none) x
 --csa_reduction (mean_then_square, square_then_mean), the CSA network is built with
---seed's weights and one training batch per modality is drawn as training draws it. The
+--seed's weights (or, with --from_run, the latest checkpoint of RUN, a run of a setting
+with shared convolutions and modality BN: msbn, affinity or csa, at its feature_base)
+and one training batch per modality is drawn as training draws it. The
 share is |d(lambda L_csa)/dW| / |d(alpha sum Dice + beta sum CE)/dW| over the shared
 convolution kernels W (csa_tf/training/term_gradients.py). Prints (and writes to
 --output) one Markdown table row per reading.
 """
 import itertools
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import flags
 
@@ -31,6 +33,9 @@ def define_flags():
   flags.DEFINE_float("lambda", 0.5, "Weight of the CSA term.")
   flags.DEFINE_integer("seed", 0, "Seed of the weights and the batch.")
   flags.DEFINE_string("output", None, "Also write the table to this Markdown file.")
+  flags.DEFINE_string("from_run", None, "Measure at this run's latest checkpoint "
+                      "(msbn, affinity or csa; its feature_base) instead of fresh "
+                      "weights.")
 
 
 READINGS = tuple(itertools.product(config_lib.AFFINITIES, config_lib.AREA_NORMS,
@@ -38,14 +43,15 @@ READINGS = tuple(itertools.product(config_lib.AFFINITIES, config_lib.AREA_NORMS,
 
 
 def gradient_shares(data_dir: str, *, feature_base: int, batch_size: int, lam: float,
-                    seed: int, readings: Sequence[Tuple[str, str, str]] = READINGS
-                    ) -> List[Dict]:
+                    seed: int, readings: Sequence[Tuple[str, str, str]] = READINGS,
+                    checkpoint: Optional[str] = None) -> List[Dict]:
   """One row per (affinity, area_norm, reduction) reading: {affinity, area_norm,
   reduction, csa_loss, csa, segmentation, share} (csa and segmentation: the gradient
-  norms).
+  norms), at fresh seeded weights or those of `checkpoint`.
 
   Raises:
-    CsaInputError: a bad PREP or option value.
+    CsaInputError: a bad PREP or option value, or a checkpoint that does not fit a CSA
+      network of this feature_base.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from csa_tf.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -69,6 +75,8 @@ def gradient_shares(data_dir: str, *, feature_base: int, batch_size: int, lam: f
       batches = next(iter(stream))
     tf.keras.utils.set_random_seed(seed)  # The same weights for every reading.
     bundle = ModelBundle(config).build()
+    if checkpoint is not None:
+      bundle.restore(checkpoint)
     kernels = shared_kernels(bundle)
     with tf.GradientTape(persistent=True) as tape:
       _, terms = objective.compute_losses(bundle, batches, config, training=True)
@@ -97,9 +105,16 @@ def markdown(rows: List[Dict]) -> str:
 def main(argv):
   del argv
   from csa_tf.io import atomic  # pylint: disable=g-import-not-at-top
-  rows = gradient_shares(FLAGS.data_dir, feature_base=FLAGS.feature_base,
+  feature_base, checkpoint = FLAGS.feature_base, None
+  if FLAGS.from_run:
+    from csa_tf.io.run_dir import RunDir  # pylint: disable=g-import-not-at-top
+    run = RunDir(FLAGS.from_run)
+    feature_base = run.load_config().feature_base
+    checkpoint = run.latest_checkpoint()
+    print(f"at {checkpoint} (feature_base {feature_base})")
+  rows = gradient_shares(FLAGS.data_dir, feature_base=feature_base,
                          batch_size=FLAGS.batch_size, lam=FLAGS["lambda"].value,
-                         seed=FLAGS.seed)
+                         seed=FLAGS.seed, checkpoint=checkpoint)
   text = markdown(rows)
   print(text, end="")
   if FLAGS.output:

@@ -36,3 +36,20 @@ def test_shares_are_the_ratio_of_the_terms_own_gradient_norms(tiny_prep):
   assert rows[1]["share"] > 100 * rows[0]["share"]
   text = gradient_shares.markdown(rows)
   assert text.startswith("| affinity | area norm |") and text.count("\n") == 4
+
+
+@pytest.mark.integration
+def test_shares_at_a_trained_runs_checkpoint(tiny_prep, tiny_run):
+  from csa_tf.io.run_dir import RunDir  # pylint: disable=g-import-not-at-top
+  checkpoint = RunDir(tiny_run.model_dir).latest_checkpoint()
+  reading = (("cosine", "fraction", "mean_then_square"),)
+  fresh, trained = (gradient_shares.gradient_shares(
+      tiny_prep.prep_dir, feature_base=2, batch_size=2, lam=0.5, seed=0,
+      readings=reading, checkpoint=path)[0] for path in (None, checkpoint))
+  # Another network: another CSA loss on the same batch.
+  assert trained["csa_loss"] != fresh["csa_loss"] and trained["share"] > 0
+  from csa_tf.errors import CsaInputError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(CsaInputError, match="checkpoint does not match"):
+    gradient_shares.gradient_shares(tiny_prep.prep_dir, feature_base=4, batch_size=2,
+                                    lam=0.5, seed=0, readings=reading,
+                                    checkpoint=checkpoint)

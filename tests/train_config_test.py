@@ -57,10 +57,13 @@ TODAYS_FLAGS = {
     "csa_affinity": ("enum", "cosine"), "joint_bn": ("enum", "separate"),
     # Issue 14: loss-balance diagnostics and label scarcity.
     "log_term_gradients": (bool, False), "labelled_train_patients": ("multi", []),
+    # Issue 15: several steps per tf.function call.
+    "steps_per_loop": (int, 1),
 }
 # The fields added after TODAYS_CONFIG_JSON, at their defaults as config.json holds them.
 NEW_FIELDS = {"csa_affinity": "cosine", "joint_bn": "separate",
-              "log_term_gradients": False, "labelled_train_patients": {}}
+              "log_term_gradients": False, "labelled_train_patients": {},
+              "steps_per_loop": 1}
 TODAYS_ENUMS = {
     "method": ["single", "ummkd", "joint", "msbn", "affinity", "csa"],
     "csa_area_norm": ["count", "fraction", "none"],

@@ -242,6 +242,12 @@ class TrainConfig:
   log_every: int = option(50, check=options.positive_integer,
                           help="Steps between progress lines and scalars.",
                           on_resume=True)
+  steps_per_loop: int = option(
+      1, check=options.positive_integer,
+      help="Training steps per tf.function call (fewer host round trips; a call ends "
+      "early at a log, checkpoint or image summary step). With --deterministic every "
+      "value gives the same run (see csa_tf/training/step_loop.py).",
+      on_resume=True)
   image_summary_every: int = option(
       0, check=options.non_negative,
       help="Steps between TensorBoard image summaries: segmentation overlays and the "

@@ -28,10 +28,11 @@ from csa_tf.data import label_scarcity
 from csa_tf.data import pipeline as data
 from csa_tf.training import distribution
 from csa_tf.training import objective
+from csa_tf.training import step_loop
 from csa_tf.io import run_record
 from csa_tf.training import summary_images
 from csa_tf.training import term_gradients
-from csa_tf.errors import CsaInputError, Interrupted, NonFiniteLossError, param
+from csa_tf.errors import CsaInputError, Interrupted, param
 from csa_tf.io.run_dir import RunDir
 from csa_tf.io.run_lock import RunLock
 from csa_tf.model.bundle import ModelBundle
@@ -39,6 +40,8 @@ from csa_tf.data.prepared import PreparedDataset
 
 # The step function's output key for image summary tensors (absent when they are off).
 IMAGES_KEY = "_images"
+# A replica step's output key for its (global) finiteness decision.
+_FINITE_KEY = "_finite"
 
 
 def learning_rate_schedule(config: config_lib.TrainConfig):
@@ -163,6 +166,8 @@ class Trainer:
       # Built before the first step: lazy building retraces the step (REFERENCE.md §7).
       self.optimizer.build(self.bundle.trainable_variables)
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+      self.fault = step_loop.FaultRecord()
+      self.latest = step_loop.LatestTerms()
     # Dropout seed states as direct attributes (not a list: REFERENCE.md §7).
     rng_states = {f"rng_state_{i}": v
                   for i, v in enumerate(self.bundle.rng_state_variables)}
@@ -179,6 +184,8 @@ class Trainer:
     step = self._distributed_step if self.distributed else self._step
     jit = {} if self.distributed else {"jit_compile": config.jit_compile}
     self._train_step = tf.function(step, **jit)
+    # Up to --steps_per_loop steps per call, from the input iterator (see step_loop).
+    self._train_steps = tf.function(functools.partial(self._steps, step))
     # The step with the per-term gradient norms, a function of its own that log steps
     # run: off, it is never traced and costs nothing.
     self._diagnostic_step = None
@@ -261,27 +268,68 @@ class Trainer:
     return self._train_step(batches)
 
   def _step(self, batches, with_term_gradients: bool = False):
+    """One step in the graph: gradients, applied only while every step so far was
+    finite (step_loop.FaultRecord); records a fault and counts the step."""
     gradients, terms, images = self.replica_gradients(
         batches, with_term_gradients=with_term_gradients)
-    self.optimizer.apply_gradients(zip(gradients, self.bundle.trainable_variables))
+    finite = step_loop.all_finite(terms)
+
+    def apply():
+      self._apply(gradients)
+      return tf.constant(True)
+    tf.cond(tf.logical_and(finite, self.fault.clear()), apply, lambda: tf.constant(False))
+    self.fault.record(self.step + 1, terms, finite)
+    self.step.assign_add(1)
     if images is not None:
       terms[IMAGES_KEY] = images
     return terms
 
+  def _apply(self, gradients):
+    self.optimizer.apply_gradients(zip(gradients, self.bundle.trainable_variables))
+
+  def _replica_gradients(self, batches, with_term_gradients: bool):
+    """A replica's share of a distributed step, before applying: (gradients, terms
+    with the replicas' common finiteness under _FINITE_KEY, images)."""
+    gradients, terms, images = self.replica_gradients(
+        batches, with_term_gradients=with_term_gradients)
+    # One decision for all replicas (grad_norm is each replica's own share).
+    bad = distribution.replica_sum(
+        tf.cast(tf.logical_not(step_loop.all_finite(terms)), tf.float32))
+    terms[_FINITE_KEY] = tf.cast(tf.equal(bad, 0.0), tf.float32)
+    return gradients, terms, images
+
   def _distributed_step(self, per_replica_batches, with_term_gradients: bool = False):
-    outputs = self.strategy.run(
-        functools.partial(self._step, with_term_gradients=with_term_gradients),
+    gradients, outputs, images = self.strategy.run(
+        functools.partial(self._replica_gradients,
+                          with_term_gradients=with_term_gradients),
         args=(per_replica_batches,))
-    images = outputs.pop(IMAGES_KEY, None)
     # Every replica holds the same (global) loss values; the mean is that value. The
     # exception is grad_norm, the norm of a replica's share of the gradient: its mean
     # still turns NaN or Inf with any replica's, which is what it is checked for.
     terms = {name: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None)
              for name, value in outputs.items()}
+    finite = terms.pop(_FINITE_KEY) > 0.5
+
+    # The whole replica function inside the branch: the optimizer's all-reduce cannot
+    # sit under control flow within one.
+    def apply():
+      self.strategy.run(self._apply, args=(gradients,))
+      return tf.constant(True)
+    tf.cond(tf.logical_and(finite, self.fault.clear()), apply, lambda: tf.constant(False))
+    self.fault.record(self.step + 1, terms, finite)
+    self.step.assign_add(1)
     if images is not None:
       # Replica 0 holds the first slices of the global batch; the affinities are global.
       terms[IMAGES_KEY] = distribution.first_replica(self.strategy, images)
     return terms
+
+  def _steps(self, step, iterator, num_steps):
+    """`num_steps` (a tensor: no retracing) steps from `iterator`, every one in the
+    same loop body; the last one's terms go to `latest`."""
+    for _ in tf.range(num_steps):
+      terms = step(next(iterator))
+      terms.pop(IMAGES_KEY, None)
+      self.latest.record(terms)
 
   def restore_latest(self) -> int:
     """Restores the latest checkpoint if there is one; returns the step reached.
@@ -307,7 +355,12 @@ class Trainer:
     return self._recalibration_batches
 
   def save(self) -> str:
-    """Re-estimates BN statistics (see bn_recalibration) and writes a checkpoint."""
+    """Re-estimates BN statistics (see bn_recalibration) and writes a checkpoint.
+
+    Raises:
+      NonFiniteLossError: a step has faulted (nothing is written).
+    """
+    self.fault.raise_if_faulted(self.manager.directory)
     # Under a strategy, in its cross-replica context: every worker re-estimates the
     # same statistics from the same batches on its own (synchronised BN falls back to
     # local moments outside a replica context), and assigning them updates every copy.
@@ -423,31 +476,39 @@ class Trainer:
 
   def _loop(self, batches_stream, start: int, writer, schedule,
             stop: interrupts.StopRequest) -> Dict[str, float]:
-    """Steps through batches_stream (see `train`); returns the last loss terms."""
+    """Steps through batches_stream (see `train` and step_loop); returns the last
+    loss terms read."""
     config = self.config
     last: Dict[str, float] = {}
+    iterator = iter(batches_stream)
+    events = (config.log_every, config.checkpoint_every, config.image_summary_every)
     window_start, window_steps = time.perf_counter(), 0
-    for batches in batches_stream:
-      step = int(self.step.numpy()) + 1
-      logged = (step % config.log_every == 0 or step == config.train_steps
-                or step == start + 1)
-      step_function = self._train_step
+    step = start
+    while step < config.train_steps:
+      count = step_loop.next_chunk(step, start=start, train_steps=config.train_steps,
+                                   steps_per_loop=config.steps_per_loop,
+                                   event_every=events)
+      end = step + count
+      logged = step_loop.is_log_step(end, start=start, train_steps=config.train_steps,
+                                     log_every=config.log_every)
+      # A step whose outputs the host needs (diagnostics, images) runs on its own, in a
+      # function that returns them; every other step runs in the K-step loop body.
+      single = None
       if logged and self._diagnostic_step is not None:
-        step_function = self._diagnostic_step
-      terms = step_function(batches)
-      images = terms.pop(IMAGES_KEY, None)
-      step = int(self.step.assign_add(1).numpy())
-      last = {name: float(value) for name, value in terms.items()}
-      # The diagnostics are no loss: a non-finite total gradient shows in grad_norm (and
-      # under fp16 a term's scaled gradient may overflow where the optimizer skips).
-      bad = [name for name, value in last.items() if not np.isfinite(value)
-             and not name.startswith(term_gradients.PREFIX)]
-      if bad:
-        raise NonFiniteLossError(
-            f"non-finite loss at step {step}: {', '.join(f'{n}={last[n]}' for n in bad)}; "
-            f"the last good checkpoint in {self.manager.directory} is kept")
-      window_steps += 1
+        single = self._diagnostic_step
+      elif self._with_images and end % config.image_summary_every == 0:
+        single = self._train_step
+      plain = count - 1 if single is not None else count
+      if plain:
+        self._train_steps(iterator, tf.constant(plain))
+      terms = single(next(iterator)) if single is not None else None
+      step = end
+      window_steps += count
+      images = terms.pop(IMAGES_KEY, None) if terms is not None else None
       if logged:
+        self.fault.raise_if_faulted(self.manager.directory)
+        last = ({name: float(value) for name, value in terms.items()}
+                if terms is not None else self.latest.read())
         elapsed = time.perf_counter() - window_start
         rate = window_steps / elapsed if elapsed > 0 else float("nan")
         lr = float(schedule(step - 1))
@@ -464,6 +525,7 @@ class Trainer:
         writer.flush()
         window_start, window_steps = time.perf_counter(), 0
       if images is not None and step % config.image_summary_every == 0:
+        self.fault.raise_if_faulted(self.manager.directory)
         with writer.as_default(step=step):
           summary_images.write_image_summaries(images, config)
         writer.flush()
