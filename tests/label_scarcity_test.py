@@ -17,6 +17,7 @@ from csa_tf.data import label_scarcity
 from csa_tf.data import pipeline
 from csa_tf.errors import CsaInputError
 from csa_tf.io import run_record
+from csa_tf.training import resume_checks
 from csa_tf.training import trainer as trainer_lib
 from tests.helpers import make_config, quiet
 
@@ -112,18 +113,18 @@ def test_config_round_trip_and_resume_refusal(tmp_path):
   other = make_config(tmp_path / "run", labelled_train_patients=(("lge", 3),))
   with pytest.raises(CsaInputError,
                      match=r"labelled_train_patients \{'lge': 2\} -> \{'lge': 3\}"):
-    trainer_lib.check_model_dir(config.model_dir, other)
+    resume_checks.check_model_dir(config.model_dir, other)
   everyone = make_config(tmp_path / "run")
   with pytest.raises(CsaInputError, match=r"labelled_train_patients \{'lge': 2\} -> \{\}"):
-    trainer_lib.check_model_dir(config.model_dir, everyone)
-  trainer_lib.check_model_dir(config.model_dir, config)  # The same: resumes.
+    resume_checks.check_model_dir(config.model_dir, everyone)
+  resume_checks.check_model_dir(config.model_dir, config)  # The same: resumes.
 
 
 @pytest.mark.integration
 def test_trainer_records_and_recalibrates_on_the_drawn_patients(tiny_prep, tmp_path):
   config = make_config(tmp_path / "run", data_dir=tiny_prep.prep_dir,
                        labelled_train_patients=(("lge", 1),), bn_recalibration_batches=3)
-  record = trainer_lib.training_data_record(tiny_prep, config)
+  record = resume_checks.training_data_record(tiny_prep, config)
   assert record["train_patients"] == {"lge": ["patient1"], "bssfp": TRAIN}
   trainer = trainer_lib.Trainer(config, tiny_prep, log=quiet)
   allowed = {tiny_prep.load(e).image[k].tobytes()

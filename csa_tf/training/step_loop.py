@@ -135,3 +135,30 @@ def next_chunk(step: int, *, start: int, train_steps: int, steps_per_loop: int,
       due = (first + every - 1) // every * every  # the first multiple >= first
       last = min(last, due)
   return last - step
+
+
+def progress_line(step: int, total_steps: int, terms: Dict[str, float], lr: float,
+                  steps_per_second: float, *, first: bool = False) -> str:
+  """One progress line: step, every loss term, learning rate, speed and ETA.
+
+  The first step of a run includes tracing the step function, so it reports that time
+  instead of a speed.
+  """
+  shown = " ".join(f"{name} {value:.4g}" for name, value in terms.items()
+                   if name != "total" and not name.startswith(term_gradients.PREFIX))
+  if first:
+    speed = f"first step (tracing) {1 / steps_per_second:.1f} s"
+  else:
+    eta = (total_steps - step) / steps_per_second if steps_per_second > 0 else float("nan")
+    speed = f"{steps_per_second:.2f} steps/s | ETA {format_duration(eta)}"
+  return (f"step {step}/{total_steps} | loss {terms.get('total', float('nan')):.4f} | "
+          f"{shown} | lr {lr:.2e} | {speed}")
+
+
+def format_duration(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"

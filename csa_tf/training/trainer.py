@@ -12,13 +12,11 @@ float16 while variables and losses stay float32.
 """
 import contextlib
 import functools
-import os
 import shutil
 import time
 from typing import Callable, Dict, Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from csa_tf import interrupts
@@ -28,11 +26,13 @@ from csa_tf.data import label_scarcity
 from csa_tf.data import pipeline as data
 from csa_tf.training import distribution
 from csa_tf.training import objective
+from csa_tf.training import checkpoints
+from csa_tf.training import resume_checks
 from csa_tf.training import step_loop
 from csa_tf.io import run_record
 from csa_tf.training import summary_images
 from csa_tf.training import term_gradients
-from csa_tf.errors import CsaInputError, Interrupted, param
+from csa_tf.errors import Interrupted, param
 from csa_tf.io.run_dir import RunDir
 from csa_tf.io.run_lock import RunLock
 from csa_tf.model.bundle import ModelBundle
@@ -49,71 +49,6 @@ def learning_rate_schedule(config: config_lib.TrainConfig):
   return keras.optimizers.schedules.ExponentialDecay(
       config.learning_rate, decay_steps=config.lr_decay_steps,
       decay_rate=config.lr_decay_rate, staircase=True)
-
-
-def check_model_dir(model_dir: str, config: config_lib.TrainConfig) -> None:
-  """Refuses to resume a model dir whose run had other settings.
-
-  Only the settings declared `on_resume` (how long, how often to log or checkpoint,
-  where it runs, the data folder's path) may change; the data itself is compared by
-  `check_training_data`.
-
-  Raises:
-    CsaInputError: naming the run's config file and every field that differs.
-  """
-  run = RunDir(model_dir)
-  if not run.is_run():
-    return
-  differing = config.changes_from(run.load_config(), on_resume=False)
-  if differing:
-    listed = "; ".join(f"{name} {old!r} -> {new!r}"
-                       for name, (old, new) in differing.items())
-    raise CsaInputError(f"{run.config_path}: this model dir was trained with other "
-                        f"settings ({listed}); resume with the run's own settings or use "
-                        f"a new {param('model_dir')}")
-
-
-def training_data_record(prepared: PreparedDataset,
-                         config: config_lib.TrainConfig) -> dict:
-  """What RUN/training_data.json holds: the PREP's path, fingerprint, train patients,
-  slice orientation, in-plane resampling and release.
-
-  The train patients are those the run trains on: under --labelled_train_patients, the
-  drawn ones (csa_tf/data/label_scarcity.py).
-
-  Raises:
-    ConfigError: see `label_scarcity.train_patients`.
-  """
-  restricted = label_scarcity.train_patients(prepared, config.modalities,
-                                             dict(config.labelled_train_patients))
-  return {"data_dir": os.path.abspath(prepared.prep_dir),
-          "prep_fingerprint": prepared.fingerprint(),
-          "train_patients": (restricted if restricted is not None
-                             else prepared.patients("train", config.modalities)),
-          # How the PREP turned scans into slices: predict turns new scans the same way.
-          "orientation": prepared.orientation,
-          # The pixel size (mm) slices were resampled to per modality (MM-WHS), so
-          # that predict resamples new scans alike without the PREP.
-          "in_plane_spacing_mm": prepared.in_plane_spacing_mm,
-          # Which release's patients it saw: evaluation on another release of the same
-          # cohort warns (csa_tf/evaluation/cross_release.py).
-          "release": prepared.release}
-
-
-def check_training_data(run: RunDir, record: dict) -> None:
-  """Refuses to resume a run on other data than it was trained on.
-
-  Raises:
-    CsaInputError: the PREP's fingerprint differs from the one the run recorded.
-  """
-  previous = run.read_training_data()
-  if previous is None or previous.get("prep_fingerprint") == record["prep_fingerprint"]:
-    return
-  raise CsaInputError(
-      f"{record['data_dir']}: not the data this run was trained on "
-      f"({run.training_data_path} records {previous.get('data_dir')}, whose content "
-      "differs: another preparation, split or seed); resume with "
-      f"{param('data_dir', previous.get('data_dir'))} or use a new {param('model_dir')}")
 
 
 class Trainer:
@@ -368,26 +303,7 @@ class Trainer:
     batches = self.recalibration_batches()
     with self._scope():
       bn_recalibration.recalibrate_batch_norm(self.bundle, self.config, batches)
-    number = int(self.step.numpy())
-    try:
-      return self.manager.save(checkpoint_number=number)
-    except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError,
-            tf.errors.UnknownError, OSError) as error:
-      # A full disk or a read-only folder: TensorFlow leaves its half-written
-      # `ckpt-N_temp` behind, which would keep the disk full.
-      directory = self.manager.directory
-      for name in os.listdir(directory) if os.path.isdir(directory) else ():
-        if name.startswith(f"ckpt-{number}_temp"):
-          path = os.path.join(directory, name)
-          if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-          else:
-            os.remove(path)
-      cause = str(getattr(error, "message", None) or error).strip().splitlines()[0]
-      raise CsaInputError(
-          f"{directory}: cannot write checkpoint ckpt-{number} ({cause}); its temporary "
-          "files were removed; free space or fix the folder's permissions, then run the "
-          "same command again to resume from the last checkpoint") from None
+    return checkpoints.write_checkpoint(self.manager, int(self.step.numpy()))
 
   def dataset(self, start_step: int) -> tf.data.Dataset:
     """Global batches {modality: (images, labels)} from step start_step on."""
@@ -420,9 +336,9 @@ class Trainer:
     run = RunDir(self.output_dir)
     resumed = RunDir(config.model_dir).is_run()
     previous = RunDir(config.model_dir).load_config() if resumed else None
-    check_model_dir(config.model_dir, config)
-    data_record = training_data_record(self.prepared, config)
-    check_training_data(RunDir(config.model_dir), data_record)
+    resume_checks.check_model_dir(config.model_dir, config)
+    data_record = resume_checks.training_data_record(self.prepared, config)
+    resume_checks.check_training_data(RunDir(config.model_dir), data_record)
     run_record.write_run_record(self.output_dir, config)
     if run.read_training_data() is None:
       run.write_training_data(data_record)
@@ -468,7 +384,7 @@ class Trainer:
           f"{int(self.step.numpy())}; checkpoint {path}; run the same command again to "
           "resume", stop.signum)
     self.log(f"finished step {int(self.step.numpy())} in "
-             f"{format_duration(time.perf_counter() - run_start)}; checkpoint {path}")
+             f"{step_loop.format_duration(time.perf_counter() - run_start)}; checkpoint {path}")
     RunDir(self.output_dir).write_final_losses(dict(step=int(self.step.numpy()), **last))
     if not self.chief:
       shutil.rmtree(self.output_dir, ignore_errors=True)
@@ -512,7 +428,7 @@ class Trainer:
         elapsed = time.perf_counter() - window_start
         rate = window_steps / elapsed if elapsed > 0 else float("nan")
         lr = float(schedule(step - 1))
-        self.log(progress_line(step, config.train_steps, last, lr, rate,
+        self.log(step_loop.progress_line(step, config.train_steps, last, lr, rate,
                                first=step == start + 1))
         with writer.as_default(step=step):
           for name, value in last.items():
@@ -534,31 +450,3 @@ class Trainer:
       if step % config.checkpoint_every == 0 and step < config.train_steps:
         self.save()
     return last
-
-
-def progress_line(step: int, total_steps: int, terms: Dict[str, float], lr: float,
-                  steps_per_second: float, *, first: bool = False) -> str:
-  """One progress line: step, every loss term, learning rate, speed and ETA.
-
-  The first step of a run includes tracing the step function, so it reports that time
-  instead of a speed.
-  """
-  shown = " ".join(f"{name} {value:.4g}" for name, value in terms.items()
-                   if name != "total" and not name.startswith(term_gradients.PREFIX))
-  if first:
-    speed = f"first step (tracing) {1 / steps_per_second:.1f} s"
-  else:
-    eta = (total_steps - step) / steps_per_second if steps_per_second > 0 else float("nan")
-    speed = f"{steps_per_second:.2f} steps/s | ETA {format_duration(eta)}"
-  return (f"step {step}/{total_steps} | loss {terms.get('total', float('nan')):.4f} | "
-          f"{shown} | lr {lr:.2e} | {speed}")
-
-
-def format_duration(seconds: float) -> str:
-  if not np.isfinite(seconds):
-    return "?"
-  seconds = int(round(seconds))
-  hours, rest = divmod(seconds, 3600)
-  minutes, secs = divmod(rest, 60)
-  return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
