@@ -30,6 +30,10 @@ setuptools.setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-xdist", "hypothesis"],
+        # The network's layers are keras.ops only, so CsaNet also runs under
+        # KERAS_BACKEND=jax (the GPU benchmark's engine where TensorFlow cannot run;
+        # tests/jax_backend_test.py checks it on CPU).
+        "jax": ["jax[cpu]"],
+        "dev": ["pytest", "pytest-xdist", "hypothesis", "jax[cpu]"],
     },
 )

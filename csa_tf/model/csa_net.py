@@ -6,7 +6,7 @@
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from csa_tf.configs import train_config
 from csa_tf.configs.downsampling import DOWNSAMPLE
@@ -206,12 +206,12 @@ class CsaNet(keras.Model):
     x = self.g9_unit1(x, **kw)
     x = self.g9_unit2(x, **kw)
     features["g9"] = x
-    x = self.g10_conv(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC"))
+    x = self.g10_conv(ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="symmetric"))
     x = self.g10_bn(x, **kw)
-    x = keras.ops.leaky_relu(x, negative_slope=LEAKY_SLOPE)
-    x = tf.nn.depth_to_space(x, DOWNSAMPLE)
+    x = ops.leaky_relu(x, negative_slope=LEAKY_SLOPE)
+    x = depth_to_space(x, DOWNSAMPLE)
     features["g10"] = x
-    logits = self.out_conv(tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]], mode="SYMMETRIC"))
+    logits = self.out_conv(ops.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]], mode="symmetric"))
     if return_features:
       return logits, features
     return logits
@@ -249,7 +249,7 @@ class CsaNet(keras.Model):
     return ordered
 
   @property
-  def conv_kernels(self) -> List[tf.Variable]:
+  def conv_kernels(self) -> List[keras.Variable]:
     """The 33 conv kernels in forward order (the L2 term's weights; no BN).
 
     A property holding variables only: Keras' `.keras` saving walks properties, and one
@@ -281,4 +281,15 @@ class CsaNet(keras.Model):
 
 
 def _max_pool(x):
-  return tf.nn.max_pool2d(x, ksize=2, strides=2, padding="VALID")
+  return ops.max_pool(x, pool_size=2, strides=2, padding="valid")
+
+
+def depth_to_space(x, block: int):
+  """[B, H, W, block * block * C] -> [B, H * block, W * block, C], TensorFlow's
+  `depth_to_space` (DCR order: output (h * block + i, w * block + j, c) is input
+  (h, w, (i * block + j) * C + c)) in keras.ops, so the network runs on any backend."""
+  shape = ops.shape(x)
+  channels = x.shape[-1] // (block * block)
+  x = ops.reshape(x, (shape[0], shape[1], shape[2], block, block, channels))
+  x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+  return ops.reshape(x, (shape[0], shape[1] * block, shape[2] * block, channels))

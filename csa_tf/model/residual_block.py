@@ -2,7 +2,6 @@
 from typing import Sequence
 
 import keras
-import tensorflow as tf
 
 from csa_tf.model.pre_activation_conv import PreActivationConv
 
@@ -58,7 +57,7 @@ class ResidualBlock(keras.layers.Layer):
     inner = self.unit2(inner, modality=modality, training=training)
     if self._pad != (0, 0):
       # Parameter-free shortcut for doubled channels (REFERENCE.md section 1).
-      x = tf.pad(x, [[0, 0], [0, 0], [0, 0], list(self._pad)])
+      x = keras.ops.pad(x, [[0, 0], [0, 0], [0, 0], list(self._pad)])
     return x + inner
 
   def compute_output_shape(self, input_shape):
