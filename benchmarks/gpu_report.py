@@ -16,16 +16,20 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "jax")
+from absl import flags
 
-from absl import app  # pylint: disable=wrong-import-position
-from absl import flags  # pylint: disable=wrong-import-position
+from csa_tf import cli
+from csa_tf.errors import CsaInputError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("dry_run", False, "Tiny sizes (feature_base 2, 32x32, batch 2) on any "
-                  "device, to check the script itself.")
-flags.DEFINE_string("output", None, "Also write the Markdown report here.")
-flags.DEFINE_integer("rounds", 5, "Timed rounds per figure (median, min, max).")
+
+
+def define_flags():
+  """Defines this command's flags (only when run as a command, never on import)."""
+  flags.DEFINE_bool("dry_run", False, "Tiny sizes (feature_base 2, 32x32, batch 2) on "
+                    "any device, to check the script itself.")
+  flags.DEFINE_string("output", None, "Also write the Markdown report here.")
+  flags.DEFINE_integer("rounds", 5, "Timed rounds per figure (median, min, max).")
 
 PAPER = dict(feature_base=16, size=224, batch=8, matmul=8192, steps=10)
 DRY = dict(feature_base=2, size=32, batch=2, matmul=256, steps=2)
@@ -136,8 +140,9 @@ def main(argv):
   del argv
   import keras  # pylint: disable=g-import-not-at-top
   if keras.backend.backend() != "jax":
-    sys.exit("error: run with KERAS_BACKEND=jax (benchmarks.gpu_report times the "
-             "network under JAX)")
+    raise CsaInputError(f"KERAS_BACKEND={keras.backend.backend()}: run with "
+                        "KERAS_BACKEND=jax (benchmarks.gpu_report times the network "
+                        "under JAX)")
   text = report(DRY if FLAGS.dry_run else PAPER, FLAGS.rounds)
   print(text, end="")
   if FLAGS.output:
@@ -147,4 +152,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Before Keras loads (in main): the network is timed under JAX.
+  os.environ.setdefault("KERAS_BACKEND", "jax")
+  cli.run(main, define_flags)

@@ -24,7 +24,7 @@ COMMANDS = ["csa_tf.train", "csa_tf.evaluate", "csa_tf.predict", "csa_tf.export"
             "csa_tf.visualize", "csa_tf.gpu_check", "data_prep.mscmr", "data_prep.mmwhs",
             "data_prep.mmwhs_pnp", "data_prep.myops", "data_prep.phantom",
             "experiments.reproduce", "experiments.study", "experiments.gradient_shares",
-            "benchmarks.run", "benchmarks.hd_eval"]
+            "benchmarks.run", "benchmarks.hd_eval", "benchmarks.gpu_report"]
 NOTICES = re.compile(r"cuInit|oneDNN|InitializeLog|cudart_stub|rebuild TensorFlow")
 
 
