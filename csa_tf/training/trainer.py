@@ -1,14 +1,11 @@
 """The unpaired training loop: one batch per modality per step, Eq. 5, Adam, checkpoints.
 
-A run lives in `model_dir`, laid out by csa_tf/io/run_dir.py: checkpoints (model,
-optimizer, step; resumed automatically), the debug record (config and library versions),
-TensorBoard events (scalars, and images every --image_summary_every steps) and, at the
-end, the final loss terms.
-
-With --strategy=mirrored or multi_worker the step runs on every replica on its share of
-each modality's batch, with the losses and BN statistics of the global batch (see
-csa_tf/training/distribution.py); with --mixed_precision the networks compute in bfloat16 or
-float16 while variables and losses stay float32.
+A run lives in `model_dir` (csa_tf/io/run_dir.py: checkpoints, resumed automatically,
+the debug record, TensorBoard events, the final loss terms). The host side of the loop
+is csa_tf/training/step_loop.py. Under --strategy the step runs on every replica on its
+share of each modality's batch, with the global batch's losses and BN statistics
+(csa_tf/training/distribution.py); with --mixed_precision the networks compute in
+bfloat16 or float16 while variables and losses stay float32.
 """
 import contextlib
 import functools
@@ -188,9 +185,9 @@ class Trainer:
   def train_step(self, batches) -> Dict[str, tf.Tensor]:
     """Runs one optimizer step, the compiled one `train` runs, without the bookkeeping.
 
-    `train` also counts the step, checks the losses, logs and checkpoints; this is the
-    step alone, for callers that drive their own loop on fixed batches (an overfitting
-    check, a comparison of strategies).
+    The step counts itself in `step` and records a fault (step_loop.FaultRecord);
+    `train` also logs and checkpoints. For callers that drive their own loop on fixed
+    batches (an overfitting check, a comparison of strategies).
 
     Args:
       batches: {modality: (images, labels)} of the global batch, or under a
