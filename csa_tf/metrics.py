@@ -17,6 +17,10 @@ and only skips work whose result is thrown away:
 - Distances are evaluated at surface voxels only, and `volume_metrics` extracts each
   surface once and each directed distance set once per spacing, where medpy's hd, hd95
   and assd recompute them per call.
+- The two surfaces, and the directed distance sets (one distance transform each), are
+  computed in parallel threads over the CPU cores: scipy's erosion and transform release
+  the GIL, and each is the same arithmetic in whichever thread runs it, so the values do
+  not change.
 
 Missing-structure policy (applied by every function here and by `summarize`):
 
@@ -37,6 +41,9 @@ These cases are settled before any distance is computed: medpy's `hd` raises on 
 mask, and its `dc` of two empty masks returns NaN with a warning under NumPy 2.
 """
 import math
+import os
+import threading
+from concurrent import futures
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -65,6 +72,13 @@ MISSING_STRUCTURE_POLICY = (
     "spurious volumes and excludes absent ones.")
 
 Spacing = Optional[Union[float, Sequence[float]]]
+
+# The threads that run surface extraction and distance transforms (`_in_threads`), made
+# on first use.
+# Only leaf jobs run there (none waits on another), so callers in other threads, such as
+# the evaluator scoring several volumes at once, share it without deadlock.
+_pool_lock = threading.Lock()
+_distance_pool: Optional[futures.ThreadPoolExecutor] = None
 
 
 def structure_status(pred_present: bool, gt_present: bool) -> str:
@@ -196,6 +210,33 @@ def _directed_distances(from_surface: np.ndarray, to_surface: np.ndarray,
   return np.sqrt(np.add.reduce(offsets, axis=0))
 
 
+def usable_cores() -> int:
+  """The CPU cores this process may use: the distance threads here, and the volumes
+  csa_tf.evaluation scores at a time by default."""
+  try:
+    return max(len(os.sched_getaffinity(0)), 1)
+  except AttributeError:  # not on Linux
+    return max(os.cpu_count() or 1, 1)
+
+
+def _in_threads(function, jobs: Sequence[tuple]) -> list:
+  """`[function(*job) for job in jobs]`, run in the distance threads when it pays."""
+  global _distance_pool
+  if len(jobs) < 2 or usable_cores() < 2:
+    return [function(*job) for job in jobs]
+  with _pool_lock:
+    if _distance_pool is None:
+      _distance_pool = futures.ThreadPoolExecutor(
+          max_workers=usable_cores(), thread_name_prefix="csa_tf-distance")
+    pool = _distance_pool
+  return list(pool.map(lambda job: function(*job), jobs))
+
+
+def _surfaces(pred: np.ndarray, gt: np.ndarray) -> List[np.ndarray]:
+  """The surfaces of both masks, extracted in parallel (the erosion releases the GIL)."""
+  return _in_threads(_surface, ((pred,), (gt,)))
+
+
 # medpy 0.5.2's reductions of the two directed distance sets (prediction to ground
 # truth first, as medpy's `result` to `reference`), operation for operation.
 def _hd_of(pred_to_gt: np.ndarray, gt_to_pred: np.ndarray) -> float:
@@ -223,9 +264,10 @@ def _mask_distance(reduce, pred_mask, gt_mask, spacing: Spacing) -> float:
   pred, gt = pred[crop], gt[crop]
   if not (pred.any() and gt.any()):
     return math.nan
-  pred_surface, gt_surface = _surface(pred), _surface(gt)
-  return reduce(_directed_distances(pred_surface, gt_surface, sampling),
-                _directed_distances(gt_surface, pred_surface, sampling))
+  pred_surface, gt_surface = _surfaces(pred, gt)
+  return reduce(*_in_threads(_directed_distances,
+                             ((pred_surface, gt_surface, sampling),
+                              (gt_surface, pred_surface, sampling))))
 
 
 def hausdorff(pred_mask, gt_mask, spacing: Spacing = None) -> float:
@@ -276,11 +318,12 @@ def _distances_ok(pred: np.ndarray, gt: np.ndarray,
 
   Extracts the surfaces once and each directed distance set once per spacing.
   """
-  pred_surface, gt_surface = _surface(pred), _surface(gt)
-  vox = (_directed_distances(pred_surface, gt_surface, None),
-         _directed_distances(gt_surface, pred_surface, None))
-  mm = (_directed_distances(pred_surface, gt_surface, sampling),
-        _directed_distances(gt_surface, pred_surface, sampling))
+  pred_surface, gt_surface = _surfaces(pred, gt)
+  sets = _in_threads(_directed_distances, ((pred_surface, gt_surface, None),
+                                           (gt_surface, pred_surface, None),
+                                           (pred_surface, gt_surface, sampling),
+                                           (gt_surface, pred_surface, sampling)))
+  vox, mm = sets[:2], sets[2:]
   return {"hd_vox": _hd_of(*vox), "hd_mm": _hd_of(*mm), "hd95_mm": _hd95_of(*mm),
           "assd_mm": _assd_of(*mm)}
 

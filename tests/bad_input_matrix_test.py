@@ -515,6 +515,7 @@ def test_evaluate(world, capsys, case):
 @pytest.mark.integration
 @pytest.mark.parametrize("args,named", [
     (["--batch_size=0"], "--batch_size=0: must be a positive integer"),
+    (["--workers=-1"], "--workers=-1: must be 0 (all cores) or a positive integer"),
     (["--split=validation"], "flag --split=validation: value should be one of"),
     (["--data_dir={prep_mmwhs}"], "dataset 'mmwhs', but the run was trained on 'mscmr'"),
 ])

@@ -47,11 +47,12 @@ def _prep(tmp_path):
   return prep
 
 
-def _evaluate(tmp_path, prep):
+def _evaluate(tmp_path, prep, workers=None, name="run"):
   lines = []
-  run = oracle_run(tmp_path / "run", prep,
-                   make_config(tmp_path / "run", data_dir=prep.prep_dir, crop_size=CROP))
-  report = evaluator._evaluate(run, prep, split="test", batch_size=16, log=lines.append)  # pylint: disable=protected-access
+  run = oracle_run(tmp_path / name, prep,
+                   make_config(tmp_path / name, data_dir=prep.prep_dir, crop_size=CROP))
+  report = evaluator._evaluate(run, prep, split="test", batch_size=16, log=lines.append,  # pylint: disable=protected-access
+                               workers=workers)
   rows = list(csv.DictReader(open(run.per_volume_path(), encoding="utf-8")))
   return report, rows, lines
 
@@ -61,6 +62,16 @@ def _file_counts(tmp_path, prep, modality):
   name = f"{prep.splits['test'][0]}_{TAGS[modality]}_manual.nii.gz"
   raw = np.asanyarray(nib.load(str(tmp_path / "raw" / "labels" / name)).dataobj)
   return {name: int((raw == value).sum()) for name, value in RAW_VALUES.items()}
+
+
+def test_scoring_workers_change_neither_rows_nor_lines(tmp_path, prep):
+  _, one_rows, one_lines = _evaluate(tmp_path, prep, workers=1, name="one")
+  _, three_rows, three_lines = _evaluate(tmp_path, prep, workers=3, name="three")
+  assert len(one_rows) == 6
+  assert three_rows == one_rows
+  scored = [line for line in one_lines if line.startswith("[")]
+  assert [line.split("]")[0] for line in scored] == ["[lge 1/1", "[bssfp 1/1"]
+  assert three_lines == one_lines
 
 
 def test_every_row_is_scored_against_the_label_file(tmp_path, prep):

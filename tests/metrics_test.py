@@ -1,5 +1,6 @@
 """Tests of csa_tf.metrics: hand-computed values, medpy 0.5.2 equality, the policy."""
 import math
+import threading
 import warnings
 
 import numpy as np
@@ -190,6 +191,33 @@ def test_volume_metrics_equal_uncropped_medpy_exactly():
     assert values["hd_mm"] == medpy_binary.hd(p, g, ANISOTROPIC)
     assert values["hd95_mm"] == medpy_binary.hd95(p, g, ANISOTROPIC)
     assert values["assd_mm"] == medpy_binary.assd(p, g, ANISOTROPIC)
+
+
+def test_threaded_distances_equal_one_thread_and_use_the_pool(monkeypatch):
+  rng = np.random.default_rng(3)
+  shape = (34, 30, 18)
+  gt = np.zeros(shape, np.int16)
+  pred = np.zeros(shape, np.int16)
+  for c, threshold in ((1, 0.9), (2, 1.3)):
+    gt[_blobs(rng, shape, threshold)] = c
+    pred[_blobs(rng, shape, threshold)] = c
+  monkeypatch.setattr(metrics, "usable_cores", lambda: 4)
+  threads = set()
+  directed = metrics._directed_distances  # pylint: disable=protected-access
+
+  def recording(*args):
+    threads.add(threading.current_thread().name)
+    return directed(*args)
+
+  monkeypatch.setattr(metrics, "_directed_distances", recording)
+  threaded = metrics.volume_metrics(pred, gt, num_classes=3, spacing=ANISOTROPIC)
+  threaded_hd = metrics.hausdorff(pred == 1, gt == 1, ANISOTROPIC)
+  assert threads and all(name.startswith("csa_tf-distance") for name in threads)
+  monkeypatch.setattr(metrics, "usable_cores", lambda: 1)
+  threads.clear()
+  assert metrics.volume_metrics(pred, gt, num_classes=3, spacing=ANISOTROPIC) == threaded
+  assert metrics.hausdorff(pred == 1, gt == 1, ANISOTROPIC) == threaded_hd
+  assert threads == {threading.current_thread().name}
 
 
 def test_volume_metrics_hd_vox_is_sqrt_of_integer():

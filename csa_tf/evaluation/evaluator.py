@@ -11,9 +11,11 @@ PREPs made before csa_tf stored the whole label are scored, as then, against the
 inside the crop box pasted back; one line says so where a box leaves part of an image
 out (summary.json's "scored_against" records it either way).
 """
+import collections
 import math
 import os
-from typing import Callable, Dict, List, Optional
+from concurrent import futures
+from typing import Callable, Deque, Dict, List, Optional
 
 from csa_tf import metrics
 from csa_tf.evaluation import cross_release, tables
@@ -33,8 +35,12 @@ SCORED_AGAINST_CROP = ("label inside the crop box, pasted back (a PREP made befo
 
 
 def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str = "test",
-                 batch_size: int = 16, log: Callable[[str], None] = print) -> dict:
+                 batch_size: int = 16, workers: Optional[int] = None,
+                 log: Callable[[str], None] = print) -> dict:
   """Evaluates the latest checkpoint of model_dir; returns the summary dict (as written).
+
+  `workers` volumes are scored at a time while the next are segmented (default: the
+  cores this process may use); the outputs do not depend on it.
 
   A PREP of another release of the run's training cohort is evaluated with a warning
   line, recorded as the summary's "cross_release_warning" (cross_release.py).
@@ -56,12 +62,13 @@ def evaluate_run(model_dir: str, data_dir: Optional[str] = None, *, split: str =
   # It writes into the run folder (eval/): its one writer from now on, so that a
   # training under way is refused at once, not after the evaluation.
   with RunLock(model_dir, log=log):
-    return _evaluate(run, prepared, split=split, batch_size=batch_size, log=log,
-                     warning=warning)
+    return _evaluate(run, prepared, split=split, batch_size=batch_size,
+                     workers=workers, log=log, warning=warning)
 
 
 def _evaluate(run: RunDir, prepared: PreparedDataset, *, split: str, batch_size: int,
-              log: Callable[[str], None], warning: Optional[str] = None) -> dict:
+              log: Callable[[str], None], workers: Optional[int] = None,
+              warning: Optional[str] = None) -> dict:
   """`evaluate_run` after its checks, under the run folder's lock."""
   config = run.config
   # TensorFlow loads only after the cheap checks, so that they fail fast.
@@ -70,31 +77,49 @@ def _evaluate(run: RunDir, prepared: PreparedDataset, *, split: str, batch_size:
   spec = prepared.spec
   rows: List[Dict] = []
   cropped_only: List[str] = []
-  for modality in config.modalities:
-    entries = prepared.entries_for(split, modality)
-    if not entries:
-      raise CsaInputError(f"{prepared.prep_dir}: no {split} volumes of {modality}")
-    for index, entry in enumerate(entries, start=1):
-      volume = prepared.load(entry)
-      inputs = volume.inputs(config.in_channels)
-      predicted = volume.geometry.from_slices(segmenter.labels(inputs, modality))
-      reference, ignore, whole_file = volume.scoring_reference()
-      if not whole_file:
-        cropped_only.append(f"{modality}/{entry.patient_id}")
-        if len(cropped_only) == 1:
-          log(f"note: {prepared.prep_dir} was prepared before csa_tf stored whole label "
-              "files: its volumes are scored against the label inside the crop box "
-              "(what the box cut is not scored); prepare it again to score against the "
-              "label files")
-      result = metrics.volume_metrics(predicted, reference, ignore=ignore,
-                                      num_classes=spec.num_classes, spacing=volume.spacing)
-      for class_index, values in result.items():
-        rows.append(dict(patient_id=entry.patient_id, modality=modality,
-                         class_index=class_index, class_name=spec.class_names[class_index],
-                         **values))
-      dice = ", ".join(f"{spec.class_names[c]} {100 * v['dice']:.1f}"
-                       for c, v in result.items())
-      log(f"[{modality} {index}/{len(entries)}] {entry.patient_id}: Dice {dice}")
+
+  def collect(job) -> None:
+    """Adds one scored volume's rows and logs its line (in the volumes' order)."""
+    modality, index, count, patient_id, result = job.result()
+    for class_index, values in result.items():
+      rows.append(dict(patient_id=patient_id, modality=modality,
+                       class_index=class_index, class_name=spec.class_names[class_index],
+                       **values))
+    dice = ", ".join(f"{spec.class_names[c]} {100 * v['dice']:.1f}"
+                     for c, v in result.items())
+    log(f"[{modality} {index}/{count}] {patient_id}: Dice {dice}")
+
+  # Volumes are scored in worker threads while the next ones are segmented (the
+  # distance transforms release the GIL), at most `workers` at a time so that memory
+  # holds only that many volumes; results are collected in order, so the rows and log
+  # lines do not depend on the number of workers.
+  workers = workers or metrics.usable_cores()
+  pending: Deque[futures.Future] = collections.deque()
+  with futures.ThreadPoolExecutor(max_workers=workers,
+                                  thread_name_prefix="csa_tf-score") as pool:
+    for modality in config.modalities:
+      entries = prepared.entries_for(split, modality)
+      if not entries:
+        raise CsaInputError(f"{prepared.prep_dir}: no {split} volumes of {modality}")
+      for index, entry in enumerate(entries, start=1):
+        volume = prepared.load(entry)
+        inputs = volume.inputs(config.in_channels)
+        predicted = volume.geometry.from_slices(segmenter.labels(inputs, modality))
+        reference, ignore, whole_file = volume.scoring_reference()
+        if not whole_file:
+          cropped_only.append(f"{modality}/{entry.patient_id}")
+          if len(cropped_only) == 1:
+            log(f"note: {prepared.prep_dir} was prepared before csa_tf stored whole "
+                "label files: its volumes are scored against the label inside the crop "
+                "box (what the box cut is not scored); prepare it again to score "
+                "against the label files")
+        pending.append(pool.submit(_score, modality, index, len(entries),
+                                   entry.patient_id, predicted, reference, ignore,
+                                   spec.num_classes, volume.spacing))
+        while len(pending) >= workers:
+          collect(pending.popleft())
+    while pending:
+      collect(pending.popleft())
   summary = metrics.summarize(rows)
   os.makedirs(run.eval_dir, exist_ok=True)
   write_csv(run.per_volume_path(split), rows)
@@ -115,6 +140,14 @@ def _evaluate(run: RunDir, prepared: PreparedDataset, *, split: str, batch_size:
   log(tables.markdown_tables(spec, config.modalities,
                              {config.method: summary}))
   return report
+
+
+def _score(modality, index, count, patient_id, predicted, reference, ignore,
+           num_classes, spacing):
+  """One volume's metrics (a worker thread's job), with what `collect` logs."""
+  result = metrics.volume_metrics(predicted, reference, ignore=ignore,
+                                  num_classes=num_classes, spacing=spacing)
+  return modality, index, count, patient_id, result
 
 
 def checkpoint_step(checkpoint: str) -> int:
