@@ -9,13 +9,13 @@ class.
 
   python -m benchmarks.hd_eval [--compare]
 
-prints `hd_eval_seconds: X` (median over repeats of the mean seconds per class) and the
+prints `hd_eval_seconds: X (min, max)` (over repeats of the mean seconds per class) and the
 seconds of one full `volume_metrics` call (all metrics, all classes). With `--compare` it
 also times medpy's `hd` on one uncropped class (~20 s).
 """
 import statistics
 import time
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 from absl import flags
@@ -86,13 +86,13 @@ def make_volumes(shape: Tuple[int, int, int] = (512, 512, 250),
   return gt, pred
 
 
-def measure_hd_eval_seconds(shape: Tuple[int, int, int] = (512, 512, 250),
-                            repeats: int = 3) -> float:
-  """Returns the seconds of one per-class HD on a `shape` volume with the evaluation code.
+def hd_eval_rounds(shape: Tuple[int, int, int] = (512, 512, 250),
+                   repeats: int = 3) -> List[float]:
+  """Seconds of one per-class HD on a `shape` volume with the evaluation code, per repeat.
 
-  Times `metrics.hausdorff(pred == c, gt == c, SPACING_MM)` over the four foreground
-  classes (mask extraction and cropping included), divides by the number of classes,
-  and returns the median over `repeats` runs.
+  Each repeat times `metrics.hausdorff(pred == c, gt == c, SPACING_MM)` over the four
+  foreground classes (mask extraction and cropping included) and divides by the number
+  of classes.
   """
   gt, pred = make_volumes(shape)
   per_class = []
@@ -101,7 +101,13 @@ def measure_hd_eval_seconds(shape: Tuple[int, int, int] = (512, 512, 250),
     for c in range(1, NUM_CLASSES):
       metrics.hausdorff(pred == c, gt == c, SPACING_MM)
     per_class.append((time.perf_counter() - start) / (NUM_CLASSES - 1))
-  return statistics.median(per_class)
+  return per_class
+
+
+def measure_hd_eval_seconds(shape: Tuple[int, int, int] = (512, 512, 250),
+                            repeats: int = 3) -> float:
+  """The median over `repeats` of `hd_eval_rounds`."""
+  return statistics.median(hd_eval_rounds(shape, repeats))
 
 
 def measure_volume_metrics_seconds(shape: Tuple[int, int, int] = (512, 512, 250),
@@ -137,7 +143,9 @@ def define_flags():
 
 def main(argv) -> None:
   del argv
-  print(f"hd_eval_seconds: {measure_hd_eval_seconds(repeats=FLAGS.repeats):.3f}")
+  rounds = hd_eval_rounds(repeats=FLAGS.repeats)
+  print(f"hd_eval_seconds: {statistics.median(rounds):.3f} (min {min(rounds):.3f}, "
+        f"max {max(rounds):.3f})")
   print("volume_metrics_seconds (all metrics, 4 classes): "
         f"{measure_volume_metrics_seconds(repeats=FLAGS.repeats):.3f}")
   if FLAGS.compare:

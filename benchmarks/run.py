@@ -1,6 +1,6 @@
 r"""The benchmark suite: every figure measured side by side in one run.
 
-  python -m benchmarks.run [--full] [--steps=N] [--output=docs/benchmarks.md]
+  python -m benchmarks.run [--full] [--feature_base=N] [--steps=N] [--output=FILE]
 
 prints one `name: value` line per figure:
 
@@ -23,9 +23,11 @@ Timed figures print their median over --rounds interleaved rounds with the min a
 (a ratio's spread is that of its per-round ratios, each round timing both sides).
 
 Default sizes fit a 2-core CPU in a few minutes (feature_base 8, 64x64 crops, batch 8
-per modality); --full uses the paper's (feature_base 16, 224x224, batch 8).
+per modality); --full uses the paper's (feature_base 16, 224x224, batch 8), and
+--feature_base another width (4: the demo's, experiments/demo.flags).
 """
 import datetime
+import json
 import os
 import platform
 import resource
@@ -34,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from absl import flags
 
@@ -42,11 +44,14 @@ from csa_tf import cli
 from csa_tf.errors import CsaInputError
 
 FLAGS = flags.FLAGS
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def define_flags():
   """Defines this command's flags (only when run as a command, never on import)."""
   flags.DEFINE_bool("full", False, "Paper sizes (feature_base 16, 224 crops).")
+  flags.DEFINE_integer("feature_base", None, "Network width of the timed steps; "
+                       "default 8, or 16 with --full (4 is the demo's).", lower_bound=1)
   flags.DEFINE_integer("steps", 10, "Timed steps per configuration and round (rounds "
                        "alternate the configurations, after warm-up).")
   flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds per figure.")
@@ -93,15 +98,14 @@ def _medians(per_round: Dict[str, List[float]], suffix: str) -> Dict[str, float]
 class Workbench:
   """Phantom data and trainers shared by the training-step figures."""
 
-  def __init__(self, root: str, *, full: bool, rounds: int = ROUNDS):
+  def __init__(self, root: str, *, full: bool, feature_base: Optional[int] = None):
     from csa_tf.data.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
     from csa_tf.data import phantom  # pylint: disable=g-import-not-at-top
     from csa_tf.data.mscmr import prepare_mscmr  # pylint: disable=g-import-not-at-top
     from csa_tf.configs import datasets  # pylint: disable=g-import-not-at-top
     self.root = root
-    self.rounds = rounds
     self.crop = 224 if full else 64
-    self.feature_base = 16 if full else 8
+    self.feature_base = feature_base or default_feature_base(full)
     raw = os.path.join(root, "raw")
     phantom.generate_phantoms("mscmr", raw, num_patients=4, seed=0,
                               scale=1.0 if full else 0.25,
@@ -134,26 +138,29 @@ class Workbench:
     return run
 
 
-def csa_overhead_ratio(bench: Workbench, steps: int, warmup: int) -> Dict[str, float]:
+def csa_overhead_ratio(bench: Workbench, steps: int, warmup: int,
+                       rounds: int) -> Dict[str, float]:
   seconds = _interleaved_seconds(
       {"msbn": bench.step_runner(bench.config("msbn", method="msbn")),
        "csa": bench.step_runner(bench.config("csa", method="csa"))}, steps, warmup,
-      bench.rounds)
+      rounds)
   return dict(spread("csa_overhead_ratio", _ratio(seconds["csa"], seconds["msbn"])),
               **_medians(seconds, "_step_seconds"))
 
 
-def xla_speedup(bench: Workbench, steps: int, warmup: int) -> Dict[str, float]:
+def xla_speedup(bench: Workbench, steps: int, warmup: int,
+                rounds: int) -> Dict[str, float]:
   seconds = _interleaved_seconds(
       {"plain": bench.step_runner(bench.config("plain", method="csa")),
        "xla": bench.step_runner(bench.config("xla", method="csa", jit_compile=True))},
-      steps, warmup, bench.rounds)
+      steps, warmup, rounds)
   return dict(spread("xla_speedup", _ratio(seconds["plain"], seconds["xla"])),
               csa_plain_step_seconds=statistics.median(seconds["plain"]),
               csa_xla_step_seconds=statistics.median(seconds["xla"]))
 
 
-def loop_vs_fit_ratio(bench: Workbench, steps: int, warmup: int) -> Dict[str, float]:
+def loop_vs_fit_ratio(bench: Workbench, steps: int, warmup: int,
+                      rounds: int) -> Dict[str, float]:
   """One modality: our tf.function step vs keras Model.fit on the same net/loss/data."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -196,12 +203,13 @@ def loop_vs_fit_ratio(bench: Workbench, steps: int, warmup: int) -> Dict[str, fl
     model.fit(dataset, epochs=1, steps_per_epoch=n, verbose=0)
     return time.perf_counter() - start
   seconds = _interleaved_seconds({"loop": bench.step_runner(config), "fit": fit_run},
-                                 steps, warmup, bench.rounds)
+                                 steps, warmup, rounds)
   return dict(spread("loop_vs_fit_ratio", _ratio(seconds["loop"], seconds["fit"])),
               **_medians(seconds, "_step_seconds"))
 
 
-def input_headroom(bench: Workbench, steps: int, warmup: int) -> Dict[str, float]:
+def input_headroom(bench: Workbench, steps: int, warmup: int,
+                   rounds: int) -> Dict[str, float]:
   from csa_tf.data import pipeline as data  # pylint: disable=g-import-not-at-top
   config = bench.config("input", method="csa")
   dataset = data.unpaired_batches(bench.prepared, config.modalities, batch_size=8, seed=0)
@@ -214,19 +222,20 @@ def input_headroom(bench: Workbench, steps: int, warmup: int) -> Dict[str, float
     next(iterator)
   pipeline_rate = count / (time.perf_counter() - start)
   step_rate = 1.0 / statistics.median(_interleaved_seconds(
-      {"step": bench.step_runner(config)}, steps, warmup, bench.rounds)["step"])
+      {"step": bench.step_runner(config)}, steps, warmup, rounds)["step"])
   return {"input_headroom": pipeline_rate / step_rate,
           "pipeline_batches_per_second": pipeline_rate,
           "train_steps_per_second": step_rate}
 
 
-def model_gflops_per_image(bench, steps, warmup) -> Dict[str, float]:
-  del bench, steps, warmup
+def model_gflops_per_image(bench, steps, warmup, rounds) -> Dict[str, float]:
+  del bench, steps, warmup, rounds
   from csa_tf.model import flops  # pylint: disable=g-import-not-at-top
   return {"model_gflops_per_image": flops.paper_network_gflops_per_image()}
 
 
-def flops_utilization(bench: Workbench, steps: int, warmup: int) -> Dict[str, float]:
+def flops_utilization(bench: Workbench, steps: int, warmup: int,
+                      rounds: int) -> Dict[str, float]:
   """The CSA step's achieved GFLOP/s against a float32 matmul's, round by round."""
   from benchmarks import utilization  # pylint: disable=g-import-not-at-top
   from csa_tf.model import flops  # pylint: disable=g-import-not-at-top
@@ -239,7 +248,7 @@ def flops_utilization(bench: Workbench, steps: int, warmup: int) -> Dict[str, fl
       images_per_step=config.batch_size * len(config.modalities))
   seconds = _interleaved_seconds(
       {"step": bench.step_runner(config, trainer), "matmul": utilization.matmul_runner()},
-      steps, warmup, bench.rounds)
+      steps, warmup, rounds)
   achieved = utilization.gflops_per_round(step_flops, seconds["step"])
   peak = utilization.gflops_per_round(utilization.matmul_flops_per_call(),
                                       seconds["matmul"])
@@ -251,10 +260,24 @@ def flops_utilization(bench: Workbench, steps: int, warmup: int) -> Dict[str, fl
               **spread("peak_gflops", peak))
 
 
-def hd_eval_seconds(bench, steps, warmup) -> Dict[str, float]:
+# HD is timed in a fresh process, as csa_tf.evaluate runs it: in this one, the heap and
+# threads the training figures left behind slowed it by 10-30% (measured 2026-12-01).
+_HD_CHILD = r"""
+import json, sys
+from benchmarks import hd_eval
+shape = tuple(int(n) for n in sys.argv[2].split("x"))
+print(json.dumps(hd_eval.hd_eval_rounds(shape, repeats=int(sys.argv[1]))))
+"""
+
+
+def hd_eval_seconds(bench, steps, warmup, rounds,
+                    shape: Sequence[int] = (512, 512, 250)) -> Dict[str, float]:
+  """Per-class HD seconds on a CT-sized volume, in a fresh process, over `rounds`."""
   del bench, steps, warmup
-  from benchmarks import hd_eval  # pylint: disable=g-import-not-at-top
-  return {"hd_eval_seconds": hd_eval.measure_hd_eval_seconds()}
+  result = subprocess.run([sys.executable, "-c", _HD_CHILD, str(rounds),
+                           "x".join(str(n) for n in shape)],
+                          capture_output=True, text=True, check=True, cwd=_REPO)
+  return spread("hd_eval_seconds", json.loads(result.stdout.strip().splitlines()[-1]))
 
 
 # The child reports VmHWM, the peak RSS of its own address space: getrusage's ru_maxrss
@@ -270,9 +293,9 @@ print(int(peak_kb) / 1024.0)
 """
 
 
-def prep_peak_rss_mb(bench, steps, warmup) -> Dict[str, float]:
+def prep_peak_rss_mb(bench, steps, warmup, rounds) -> Dict[str, float]:
   """Peak RSS of a fresh process preparing one CT-sized MM-WHS phantom volume."""
-  del bench, steps, warmup
+  del bench, steps, warmup, rounds
   from csa_tf.data import phantom  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as root:
     raw = os.path.join(root, "raw")
@@ -280,8 +303,7 @@ def prep_peak_rss_mb(bench, steps, warmup) -> Dict[str, float]:
                               modalities=("ct",), progress=None)
     result = subprocess.run([sys.executable, "-c", _PREP_CHILD, raw,
                              os.path.join(root, "prep")],
-                            capture_output=True, text=True, check=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                            capture_output=True, text=True, check=True, cwd=_REPO)
     return {"prep_peak_rss_mb": float(result.stdout.strip().splitlines()[-1])}
 
 
@@ -309,8 +331,20 @@ def figure_line(name: str, results: Dict[str, float]) -> str:
   return line
 
 
+def default_feature_base(full: bool) -> int:
+  """The timed network's width unless --feature_base says otherwise."""
+  return 16 if full else 8
+
+
+def sizes_text(full: bool, feature_base: Optional[int] = None) -> str:
+  """The timed configuration in words, for the report."""
+  width = feature_base or default_feature_base(full)
+  return (f"{'paper sizes' if full else 'CPU sizes'} (feature_base {width}, "
+          f"{'224x224' if full else '64x64'}, batch 8 per modality)")
+
+
 def run_benchmarks(*, full: bool, steps: int, warmup: int, rounds: int = ROUNDS,
-                   only=()) -> Dict[str, float]:
+                   only=(), feature_base: Optional[int] = None) -> Dict[str, float]:
   """Measures every figure (or those in `only`); returns every value by name.
 
   Raises:
@@ -329,21 +363,22 @@ def run_benchmarks(*, full: bool, steps: int, warmup: int, rounds: int = ROUNDS,
       if only and name not in only:
         continue
       if bench is None and name not in _STANDALONE:
-        bench = Workbench(root, full=full, rounds=rounds)
-      values = measure(bench, steps, warmup)
+        bench = Workbench(root, full=full, feature_base=feature_base)
+      values = measure(bench, steps, warmup, rounds)
       results.update(values)
       print(figure_line(name, results), flush=True)
   return results
 
 
-def markdown_report(results: Dict[str, float], command: str, full: bool) -> str:
+def markdown_report(results: Dict[str, float], command: str, full: bool,
+                    feature_base: Optional[int] = None) -> str:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   lines = ["# Benchmarks", "",
            f"Measured {datetime.date.today().isoformat()} with `{command}` on "
            f"{platform.machine()} / {os.cpu_count()} CPU cores / "
            f"{'GPU ' + str(tf.config.list_physical_devices('GPU')) if tf.config.list_physical_devices('GPU') else 'no GPU'}, "
            f"Python {platform.python_version()}, TensorFlow {tf.__version__}; "
-           f"{'paper sizes' if full else 'CPU sizes (feature_base 8, 64x64, batch 8 per modality)'}.",
+           f"{sizes_text(full, feature_base)}.",
            "", "| figure | median | min | max | target |", "|---|---|---|---|---|"]
   for name, _ in FIGURES:
     if name in results:
@@ -359,13 +394,14 @@ def markdown_report(results: Dict[str, float], command: str, full: bool) -> str:
 def main(argv):
   del argv
   results = run_benchmarks(full=FLAGS.full, steps=FLAGS.steps, warmup=FLAGS.warmup,
-                           rounds=FLAGS.rounds, only=FLAGS.only)
+                           rounds=FLAGS.rounds, only=FLAGS.only,
+                           feature_base=FLAGS.feature_base)
   for name, value in results.items():
     if name not in TARGETS and not name.endswith(("_min", "_max")):
       print(f"  {name}: {value:.4g}")
   if FLAGS.output:
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:])
-    report = markdown_report(results, command, FLAGS.full)
+    report = markdown_report(results, command, FLAGS.full, FLAGS.feature_base)
     from csa_tf.io import atomic  # pylint: disable=g-import-not-at-top
     atomic.write_text(FLAGS.output, report)
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

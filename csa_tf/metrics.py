@@ -119,23 +119,27 @@ def union_crop(pred: np.ndarray, gt: np.ndarray) -> Optional[Tuple[slice, ...]]:
   Returns:
     One slice per axis, or None when neither mask has a voxel.
   """
-  union = pred | gt
-  if union.ndim == 1:
-    indices = [np.flatnonzero(union)]
+  if pred.ndim == 1:
+    indices = [np.flatnonzero(pred | gt)]
   else:
-    # One pass over the volume (reducing its contiguous last axis); the other bounds
-    # come from that small projection, the last axis's from the cropped slab.
-    projection = union.any(axis=-1)
+    # One pass over each mask (reducing its contiguous last axis, both in parallel, no
+    # volume-sized union); the other bounds come from that small projection, the last
+    # axis's from the cropped slab.
+    projection = np.logical_or(*_in_threads(_any_last_axis, ((pred,), (gt,))))
     lead_axes = tuple(range(projection.ndim))
     indices = [np.flatnonzero(projection.any(axis=lead_axes[:a] + lead_axes[a + 1:]))
                for a in lead_axes]
     if indices[0].size:
-      slab = union[tuple(slice(i[0], i[-1] + 1) for i in indices)]
-      indices.append(np.flatnonzero(slab.any(axis=lead_axes)))
+      box = tuple(slice(i[0], i[-1] + 1) for i in indices)
+      indices.append(np.flatnonzero((pred[box] | gt[box]).any(axis=lead_axes)))
   if not indices[0].size:
     return None
   return tuple(slice(max(i[0] - 1, 0), min(i[-1] + 2, size))
-               for i, size in zip(indices, union.shape))
+               for i, size in zip(indices, pred.shape))
+
+
+def _any_last_axis(mask: np.ndarray) -> np.ndarray:
+  return mask.any(axis=-1)
 
 
 def _normalized_spacing(spacing: Spacing, ndim: int) -> Optional[Tuple[float, ...]]:

@@ -40,9 +40,10 @@ def test_model_gflops_is_the_paper_networks_analytic_count(capsys):
 @pytest.mark.integration
 def test_flops_utilization_is_a_fraction_of_the_measured_peak(capsys):
   results = benchmarks.run_benchmarks(full=False, steps=1, warmup=1, rounds=2,
-                                      only=("flops_utilization",))
-  # CPU sizes: feature_base 8, 64x64, batch 8 per modality, two modalities.
-  net = CsaNet(4, ["lge", "bssfp"], feature_base=8)
+                                      only=("flops_utilization",), feature_base=4)
+  # CPU sizes at the demo's width: feature_base 4, 64x64, batch 8 per modality, two
+  # modalities.
+  net = CsaNet(4, ["lge", "bssfp"], feature_base=4)
   net.build((None, 64, 64, 1))
   assert results["step_gflops"] == pytest.approx(
       3 * 16 * flops.forward_flops_per_image(net, 64, 64) / 1e9, rel=1e-12)
@@ -50,3 +51,19 @@ def test_flops_utilization_is_a_fraction_of_the_measured_peak(capsys):
   assert results["flops_utilization"] <= results["flops_utilization_max"] <= 1
   assert results["achieved_gflops"] > 0 and results["peak_gflops"] > 0
   assert "flops_utilization: " in capsys.readouterr().out
+
+
+def test_hd_eval_figure_comes_from_a_fresh_process_with_its_spread():
+  results = benchmarks.hd_eval_seconds(None, 0, 0, 3, shape=(64, 64, 32))
+  assert set(results) == {"hd_eval_seconds", "hd_eval_seconds_min", "hd_eval_seconds_max"}
+  assert 0 < results["hd_eval_seconds_min"] <= results["hd_eval_seconds"]
+  assert results["hd_eval_seconds"] <= results["hd_eval_seconds_max"]
+
+
+def test_report_names_the_timed_sizes():
+  assert benchmarks.sizes_text(False) == (
+      "CPU sizes (feature_base 8, 64x64, batch 8 per modality)")
+  assert benchmarks.sizes_text(False, 4) == (
+      "CPU sizes (feature_base 4, 64x64, batch 8 per modality)")
+  assert benchmarks.sizes_text(True) == (
+      "paper sizes (feature_base 16, 224x224, batch 8 per modality)")
