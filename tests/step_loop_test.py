@@ -59,20 +59,34 @@ def test_fault_record_keeps_the_first_bad_step_and_its_terms():
 
 
 @pytest.mark.integration
-def test_steps_per_loop_gives_the_same_run_bit_for_bit(tiny_prep, tmp_path):
+def test_steps_per_loop_gives_the_same_run_bit_for_bit(tiny_prep, tmp_path, monkeypatch):
   from csa_tf.training.trainer import Trainer  # pylint: disable=g-import-not-at-top
   runs = {}
-  for k in (1, 3):
-    config = make_config(tmp_path / f"k{k}", deterministic=True, train_steps=7,
+  # "prefetched": K=3 with the batches prefetched through prefetch_to_device, as on a
+  # GPU (here to the CPU, the only device there is), consumed inside the K-step loop.
+  for name, k, device in (("k1", 1, None), ("k3", 3, None),
+                          ("prefetched", 3, "/device:CPU:0")):
+    monkeypatch.setattr(step_loop, "input_device", lambda device=device: device)
+    config = make_config(tmp_path / name, deterministic=True, train_steps=7,
                          log_every=5, steps_per_loop=k)
     trainer = Trainer(config, tiny_prep, log=quiet)
     trainer.train()
     with open(os.path.join(config.model_dir, "final_losses.json")) as f:
-      runs[k] = (json.load(f), weights(trainer.bundle),
-                 int(trainer.optimizer.iterations.numpy()))
-  assert runs[1][0] == runs[3][0] and runs[1][2] == runs[3][2] == 7
-  for a, b in zip(runs[1][1], runs[3][1]):
-    np.testing.assert_array_equal(a, b)
+      runs[name] = (json.load(f), weights(trainer.bundle),
+                    int(trainer.optimizer.iterations.numpy()))
+  for name in ("k3", "prefetched"):
+    assert runs[name][0] == runs["k1"][0] and runs[name][2] == runs["k1"][2] == 7
+    for a, b in zip(runs["k1"][1], runs[name][1]):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_no_gpu_leaves_the_batches_where_they_are():
+  dataset = tf.data.Dataset.range(3)
+  device = step_loop.input_device()
+  assert device is None or "GPU" in device
+  assert step_loop.prefetch_to_device(dataset, None) is dataset
+  prefetched = step_loop.prefetch_to_device(dataset, "/device:CPU:0")
+  assert [int(x) for x in prefetched] == [0, 1, 2]
 
 
 @pytest.mark.integration

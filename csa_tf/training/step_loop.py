@@ -6,9 +6,10 @@ is not applied, nor is any step after it; the loop raises at its next host read 
 step, a checkpoint, the end) with the message naming that step. The loss values are
 fetched on log steps only, and --steps_per_loop=K runs up to K steps per `tf.function`
 call (`next_chunk` ends a call early where the host has work: a log, an image summary,
-a checkpoint, the last step).
+a checkpoint, the last step). On a GPU, the next batches are copied to the device while
+a step runs (`prefetch_to_device`).
 """
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -19,6 +20,21 @@ from csa_tf.training import term_gradients
 # Loss terms one step can hold (Dice and CE per modality, CSA/KD/affinity, L2, total and
 # grad_norm): well within this for any number of modalities a run can have.
 _CAPACITY = 64
+
+
+def input_device() -> Optional[str]:
+  """The GPU a single-device run steps on, where its batches are prefetched; None on a
+  CPU-only machine (the batches are already where the step runs)."""
+  gpus = tf.config.list_logical_devices("GPU")
+  return gpus[0].name if gpus else None
+
+
+def prefetch_to_device(dataset: tf.data.Dataset, device: Optional[str]) -> tf.data.Dataset:
+  """`dataset` with its next 2 elements copied to `device` ahead of the step (None: as
+  is). Under tf.distribute, `distribution.distribute_global_batches` does the same."""
+  if device is None:
+    return dataset
+  return dataset.apply(tf.data.experimental.prefetch_to_device(device, buffer_size=2))
 
 
 def checked_names(terms: Dict[str, tf.Tensor]) -> Tuple[str, ...]:

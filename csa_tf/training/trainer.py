@@ -370,6 +370,9 @@ class Trainer:
       local_stream = batches_stream
       batches_stream = distribution.distribute_global_batches(
           self.strategy, lambda: local_stream, global_batch_size=config.batch_size)
+    else:
+      batches_stream = step_loop.prefetch_to_device(batches_stream,
+                                                    step_loop.input_device())
     # A first Ctrl-C or SIGTERM lets the step under way finish and be checkpointed.
     with interrupts.StopRequest() as stop:
       last = self._loop(batches_stream, start, writer, schedule, stop)
