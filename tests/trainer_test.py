@@ -139,13 +139,16 @@ def test_term_gradients_are_logged_on_log_steps_and_change_nothing(tiny_prep, st
                                                                   tmp_path):
   # straight_run's 4 steps again with --log_term_gradients (may change on resume, so
   # no other setting): logged at steps 1 (the first) and 4 (the last) only, with the
-  # same weights bit for bit (same forward pass and tape, no extra dropout draws).
+  # same weights to float rounding (same forward pass and tape, no extra dropout
+  # draws; but the log steps run in a graph of their own, not the K-step loop body, so
+  # not bit for bit: up to 1.1e-6 apart after 4 steps, on weights and BN statistics
+  # of order 1e-2 to 0.3, measured 2026-12-01).
   config = _deterministic_config(tmp_path / "diag", 4, log_term_gradients=True)
   assert config.changes_from(straight_run[0], on_resume=False) == {}
   trainer = Trainer(config, tiny_prep, log=quiet)
   trainer.train()
   for a, b in zip(straight_run[1], weights(trainer.bundle)):
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
   terms = ("dice_lge", "dice_bssfp", "ce_lge", "ce_bssfp", "csa", "l2")
   final = RunDir(config.model_dir).read_final_losses()
   assert {k for k in final if k.startswith("grad_norm_")} == {
