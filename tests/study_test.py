@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from csa_tf.configs import train_config as config_lib
 from csa_tf.errors import CsaInputError
 from experiments import study
 from experiments import study_tables
@@ -172,3 +173,37 @@ def test_study_runs_resumes_after_a_kill_and_writes_its_outputs(tiny_prep, tmp_p
   assert json.load(open(out / "runs" / "csa_dot" / "seed1" / "config.json"))[
       "csa_affinity"] == "dot"
   assert not math.isnan(float(rows[0]["seed"]))
+
+
+def test_table_c_flagfile_lists_every_reading_at_both_lambdas():
+  path = os.path.join(ROOT, "experiments", "csa_study_c.flags")
+  lines = [line.strip() for line in open(path, encoding="utf-8")]
+  flags_ = [line for line in lines if line.startswith("--")]
+  variants = [f.split("=", 1)[1] for f in flags_ if f.startswith("--variant=")]
+  variant_flags = [f.split("=", 1)[1] for f in flags_ if f.startswith("--variant_flag=")]
+  assert len(flags_) == len(variants) + len(variant_flags)
+  entries = dict(study.parse_entries(["single", "msbn", "csa"], variants, variant_flags))
+  readings = {}
+  for name, own in entries.items():
+    values = dict(f[2:].split("=", 1) for f in own)
+    if {"csa_affinity", "csa_area_norm", "csa_reduction"} <= set(values):
+      key = (values["csa_affinity"], values["csa_area_norm"], values["csa_reduction"])
+      readings.setdefault(key, []).append(float(values["lambda"]))
+      assert values["method"] == "csa"
+  # 12 readings, each at its 10% lambda and at 0.5, but the literal one at 0.5, which
+  # is the csa setting itself.
+  assert set(readings) == {(a, n, r) for a in config_lib.AFFINITIES
+                           for n in config_lib.AREA_NORMS for r in config_lib.REDUCTIONS}
+  literal = ("cosine", "count", "mean_then_square")
+  assert readings.pop(literal) == [5.76]
+  assert all(len(lambdas) == 2 and lambdas.count(0.5) == 1
+             for lambdas in readings.values())
+  # Each 10% lambda is 0.05 / the share its comment line gives (table a).
+  shares = [float(line.split("lambda = 0.05 / ")[1].split(" =")[0])
+            for line in lines if "lambda = 0.05 / " in line]
+  assert len(shares) == 12
+  ten_percent = [l for lambdas in readings.values() for l in lambdas if l != 0.5] + [5.76]
+  assert sorted(ten_percent) == sorted(float(f"{0.05 / s:.3g}") for s in shares)
+  assert entries["msbn_no_recal"] == ["--method=msbn", "--bn_recalibration_batches=0"]
+  assert entries["csa_no_recal"] == ["--method=csa", "--bn_recalibration_batches=0"]
+  assert entries["joint_concat"] == ["--method=joint", "--joint_bn=concat"]
