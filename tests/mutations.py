@@ -127,8 +127,8 @@ MUTATIONS: Tuple[Mutation, ...] = (
         "slices centred on the volume's mean, not each on its own (Sec. 3)"),
     Mutation(
         "hd_vox_with_spacing", "csa_tf/metrics.py",
-        "vox = (_directed_distances(pred_surface, gt_surface, None),",
-        "vox = (_directed_distances(pred_surface, gt_surface, sampling),",
+        "sets = _in_threads(_directed_distances, ((pred_surface, gt_surface, None),",
+        "sets = _in_threads(_directed_distances, ((pred_surface, gt_surface, sampling),",
         ("tests/metrics_test.py",),
         "HD in voxels computed with the header spacing"),
     Mutation(
@@ -176,8 +176,8 @@ MUTATIONS: Tuple[Mutation, ...] = (
         "one BN set for every modality: MSBN collapses to Joint"),
     Mutation(
         "evaluation_in_voxels", "csa_tf/evaluation/evaluator.py",
-        "num_classes=spec.num_classes, spacing=volume.spacing)",
-        "num_classes=spec.num_classes, spacing=1.0)",
+        "spec.num_classes, volume.spacing))",
+        "spec.num_classes, 1.0))",
         ("tests/cli_test.py::test_evaluate_writes_csv_json_and_table",),
         "evaluation's mm distances computed without the header spacing"),
 )
