@@ -41,13 +41,12 @@ These cases are settled before any distance is computed: medpy's `hd` raises on 
 mask, and its `dc` of two empty masks returns NaN with a warning under NumPy 2.
 """
 import math
-import os
-import threading
-from concurrent import futures
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from scipy import ndimage
+
+from csa_tf import threads
 
 STATUS_OK = "ok"
 STATUS_ABSENT = "absent"
@@ -73,12 +72,6 @@ MISSING_STRUCTURE_POLICY = (
 
 Spacing = Optional[Union[float, Sequence[float]]]
 
-# The threads that run surface extraction and distance transforms (`_in_threads`), made
-# on first use.
-# Only leaf jobs run there (none waits on another), so callers in other threads, such as
-# the evaluator scoring several volumes at once, share it without deadlock.
-_pool_lock = threading.Lock()
-_distance_pool: Optional[futures.ThreadPoolExecutor] = None
 
 
 def structure_status(pred_present: bool, gt_present: bool) -> str:
@@ -125,7 +118,7 @@ def union_crop(pred: np.ndarray, gt: np.ndarray) -> Optional[Tuple[slice, ...]]:
     # One pass over each mask (reducing its contiguous last axis, both in parallel, no
     # volume-sized union); the other bounds come from that small projection, the last
     # axis's from the cropped slab.
-    projection = np.logical_or(*_in_threads(_any_last_axis, ((pred,), (gt,))))
+    projection = np.logical_or(*threads.run_all(_any_last_axis, ((pred,), (gt,))))
     lead_axes = tuple(range(projection.ndim))
     indices = [np.flatnonzero(projection.any(axis=lead_axes[:a] + lead_axes[a + 1:]))
                for a in lead_axes]
@@ -214,31 +207,9 @@ def _directed_distances(from_surface: np.ndarray, to_surface: np.ndarray,
   return np.sqrt(np.add.reduce(offsets, axis=0))
 
 
-def usable_cores() -> int:
-  """The CPU cores this process may use: the distance threads here, and the volumes
-  csa_tf.evaluation scores at a time by default."""
-  try:
-    return max(len(os.sched_getaffinity(0)), 1)
-  except AttributeError:  # not on Linux
-    return max(os.cpu_count() or 1, 1)
-
-
-def _in_threads(function, jobs: Sequence[tuple]) -> list:
-  """`[function(*job) for job in jobs]`, run in the distance threads when it pays."""
-  global _distance_pool
-  if len(jobs) < 2 or usable_cores() < 2:
-    return [function(*job) for job in jobs]
-  with _pool_lock:
-    if _distance_pool is None:
-      _distance_pool = futures.ThreadPoolExecutor(
-          max_workers=usable_cores(), thread_name_prefix="csa_tf-distance")
-    pool = _distance_pool
-  return list(pool.map(lambda job: function(*job), jobs))
-
-
 def _surfaces(pred: np.ndarray, gt: np.ndarray) -> List[np.ndarray]:
   """The surfaces of both masks, extracted in parallel (the erosion releases the GIL)."""
-  return _in_threads(_surface, ((pred,), (gt,)))
+  return threads.run_all(_surface, ((pred,), (gt,)))
 
 
 # medpy 0.5.2's reductions of the two directed distance sets (prediction to ground
@@ -269,9 +240,9 @@ def _mask_distance(reduce, pred_mask, gt_mask, spacing: Spacing) -> float:
   if not (pred.any() and gt.any()):
     return math.nan
   pred_surface, gt_surface = _surfaces(pred, gt)
-  return reduce(*_in_threads(_directed_distances,
-                             ((pred_surface, gt_surface, sampling),
-                              (gt_surface, pred_surface, sampling))))
+  return reduce(*threads.run_all(_directed_distances,
+                                 ((pred_surface, gt_surface, sampling),
+                                  (gt_surface, pred_surface, sampling))))
 
 
 def hausdorff(pred_mask, gt_mask, spacing: Spacing = None) -> float:
@@ -323,10 +294,10 @@ def _distances_ok(pred: np.ndarray, gt: np.ndarray,
   Extracts the surfaces once and each directed distance set once per spacing.
   """
   pred_surface, gt_surface = _surfaces(pred, gt)
-  sets = _in_threads(_directed_distances, ((pred_surface, gt_surface, None),
-                                           (gt_surface, pred_surface, None),
-                                           (pred_surface, gt_surface, sampling),
-                                           (gt_surface, pred_surface, sampling)))
+  sets = threads.run_all(_directed_distances, ((pred_surface, gt_surface, None),
+                                               (gt_surface, pred_surface, None),
+                                               (pred_surface, gt_surface, sampling),
+                                               (gt_surface, pred_surface, sampling)))
   vox, mm = sets[:2], sets[2:]
   return {"hd_vox": _hd_of(*vox), "hd_mm": _hd_of(*mm), "hd95_mm": _hd95_of(*mm),
           "assd_mm": _assd_of(*mm)}

@@ -9,7 +9,7 @@ from medpy.metric import binary as medpy_binary
 from scipy import ndimage
 
 from benchmarks import hd_eval
-from csa_tf import metrics
+from csa_tf import metrics, threads
 
 ANISOTROPIC = (0.7, 1.3, 2.5)
 
@@ -201,23 +201,23 @@ def test_threaded_distances_equal_one_thread_and_use_the_pool(monkeypatch):
   for c, threshold in ((1, 0.9), (2, 1.3)):
     gt[_blobs(rng, shape, threshold)] = c
     pred[_blobs(rng, shape, threshold)] = c
-  monkeypatch.setattr(metrics, "usable_cores", lambda: 4)
-  threads = set()
+  monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+  names = set()
   directed = metrics._directed_distances  # pylint: disable=protected-access
 
   def recording(*args):
-    threads.add(threading.current_thread().name)
+    names.add(threading.current_thread().name)
     return directed(*args)
 
   monkeypatch.setattr(metrics, "_directed_distances", recording)
   threaded = metrics.volume_metrics(pred, gt, num_classes=3, spacing=ANISOTROPIC)
   threaded_hd = metrics.hausdorff(pred == 1, gt == 1, ANISOTROPIC)
-  assert threads and all(name.startswith("csa_tf-distance") for name in threads)
-  monkeypatch.setattr(metrics, "usable_cores", lambda: 1)
-  threads.clear()
+  assert names and all(name.startswith("csa_tf-array") for name in names)
+  monkeypatch.setattr(threads, "usable_cores", lambda: 1)
+  names.clear()
   assert metrics.volume_metrics(pred, gt, num_classes=3, spacing=ANISOTROPIC) == threaded
   assert metrics.hausdorff(pred == 1, gt == 1, ANISOTROPIC) == threaded_hd
-  assert threads == {threading.current_thread().name}
+  assert names == {threading.current_thread().name}
 
 
 def test_volume_metrics_hd_vox_is_sqrt_of_integer():

@@ -127,8 +127,8 @@ MUTATIONS: Tuple[Mutation, ...] = (
         "slices centred on the volume's mean, not each on its own (Sec. 3)"),
     Mutation(
         "hd_vox_with_spacing", "csa_tf/metrics.py",
-        "sets = _in_threads(_directed_distances, ((pred_surface, gt_surface, None),",
-        "sets = _in_threads(_directed_distances, ((pred_surface, gt_surface, sampling),",
+        "sets = threads.run_all(_directed_distances, ((pred_surface, gt_surface, None),",
+        "sets = threads.run_all(_directed_distances, ((pred_surface, gt_surface, sampling),",
         ("tests/metrics_test.py",),
         "HD in voxels computed with the header spacing"),
     Mutation(

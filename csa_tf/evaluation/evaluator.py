@@ -17,7 +17,7 @@ import os
 from concurrent import futures
 from typing import Callable, Deque, Dict, List, Optional
 
-from csa_tf import metrics
+from csa_tf import metrics, threads
 from csa_tf.evaluation import cross_release, tables
 from csa_tf.errors import CsaInputError
 from csa_tf.io import atomic
@@ -93,7 +93,7 @@ def _evaluate(run: RunDir, prepared: PreparedDataset, *, split: str, batch_size:
   # distance transforms release the GIL), at most `workers` at a time so that memory
   # holds only that many volumes; results are collected in order, so the rows and log
   # lines do not depend on the number of workers.
-  workers = workers or metrics.usable_cores()
+  workers = workers or threads.usable_cores()
   pending: Deque[futures.Future] = collections.deque()
   with futures.ThreadPoolExecutor(max_workers=workers,
                                   thread_name_prefix="csa_tf-score") as pool:
