@@ -1,7 +1,9 @@
 """Loss functions: Dice, weighted CE, L2, UMMKD's KD and the class-specific affinity loss.
 
 Pure functions of tensors (MONAI style). Shapes are NHWC: `probs`/`logits` [B, H, W, C],
-integer label maps [B, H, W], features [B, h, w, channels]. Every loss returns a scalar
+integer label maps [B, H, W], features [B, h, w, channels]; every loss also takes the
+3D (NDHWC) counterparts [B, D, H, W, C], [B, D, H, W] and [B, d, h, w, channels], and
+pools its batch sums over all B*D*H*W positions. Every loss returns a scalar
 computed in float32 (float16/bfloat16 inputs are cast up; float64 inputs stay float64 so
 that gradients can be checked numerically). Forms and decisions: REFERENCE.md section 2.
 
@@ -39,19 +41,27 @@ def _compute_dtype(*tensors) -> tf.DType:
 
 
 def _check_probs_and_labels(values, labels, num_classes, what):
-  if values.shape.rank != 4:
-    raise ValueError(f"{what} must be NHWC [B, H, W, C], got shape {values.shape}")
-  if labels.shape.rank != 3:
-    raise ValueError(f"labels must be [B, H, W] class indices, got shape {labels.shape}")
+  if values.shape.rank not in (4, 5):
+    raise ValueError(f"{what} must be NHWC [B, H, W, C] or NDHWC [B, D, H, W, C], got "
+                     f"shape {values.shape}")
+  if labels.shape.rank != values.shape.rank - 1:
+    raise ValueError(f"labels must be class indices of shape {what}.shape[:-1], got "
+                     f"shape {labels.shape} beside {what} {values.shape}")
   if values.shape[-1] is not None and values.shape[-1] != num_classes:
     raise ValueError(f"{what} have {values.shape[-1]} channels, expected "
                      f"num_classes={num_classes}")
-  if not values.shape[:3].is_compatible_with(labels.shape):
-    raise ValueError(f"{what} {values.shape} and labels {labels.shape} differ in B, H, W")
+  if not values.shape[:-1].is_compatible_with(labels.shape):
+    raise ValueError(f"{what} {values.shape} and labels {labels.shape} differ in their "
+                     "batch or spatial sizes")
+
+
+def _positions(tensor) -> Tuple[int, ...]:
+  """The batch and spatial axes of an NHWC or NDHWC tensor: every axis but channels."""
+  return tuple(range(tensor.shape.rank - 1))
 
 
 def _probs_and_onehot(probs, labels, num_classes: int):
-  """Checked probs [B, H, W, C] and one-hot labels, both in the loss's compute dtype."""
+  """Checked probs [B, (D,) H, W, C] and one-hot labels, in the loss's compute dtype."""
   probs = tf.convert_to_tensor(probs)
   labels = tf.convert_to_tensor(labels)
   _check_probs_and_labels(probs, labels, num_classes, "probs")
@@ -66,8 +76,8 @@ def dice_loss(probs, labels, *, num_classes: int, batch_sum: BatchSum = None):
   pixels (REFERENCE.md section 2). In [-1, 0]; -1 is a perfect prediction.
 
   Args:
-    probs: softmax probabilities [B, H, W, C].
-    labels: integer class map [B, H, W].
+    probs: softmax probabilities [B, H, W, C] or [B, D, H, W, C].
+    labels: integer class map [B, H, W] or [B, D, H, W].
     num_classes: C.
     batch_sum: applied to the batch sums (e.g. a cross-replica all-reduce); None: none.
 
@@ -78,9 +88,10 @@ def dice_loss(probs, labels, *, num_classes: int, batch_sum: BatchSum = None):
     ValueError: bad ranks, or probs' last dimension is not num_classes.
   """
   probs, onehot = _probs_and_onehot(probs, labels, num_classes)
-  intersection = tf.reduce_sum(probs * onehot, axis=(0, 1, 2))
-  denominator = (tf.reduce_sum(tf.square(probs), axis=(0, 1, 2))
-                 + tf.reduce_sum(onehot, axis=(0, 1, 2)))
+  axes = _positions(probs)
+  intersection = tf.reduce_sum(probs * onehot, axis=axes)
+  denominator = (tf.reduce_sum(tf.square(probs), axis=axes)
+                 + tf.reduce_sum(onehot, axis=axes))
   if batch_sum is not None:
     intersection, denominator = batch_sum(intersection), batch_sum(denominator)
   denominator += _DICE_EPS
@@ -94,8 +105,8 @@ def weighted_ce_loss(probs, labels, *, num_classes: int, batch_sum: BatchSum = N
   `mean over pixels of sum_c -w_c g_c log(clip(p_c, 0.005, 1))` (REFERENCE.md s. 2).
 
   Args:
-    probs: softmax probabilities [B, H, W, C].
-    labels: integer class map [B, H, W].
+    probs: softmax probabilities [B, H, W, C] or [B, D, H, W, C].
+    labels: integer class map [B, H, W] or [B, D, H, W].
     num_classes: C.
     batch_sum: applied to the batch sums (e.g. a cross-replica all-reduce); None: none.
 
@@ -106,7 +117,7 @@ def weighted_ce_loss(probs, labels, *, num_classes: int, batch_sum: BatchSum = N
     ValueError: bad ranks, or probs' last dimension is not num_classes.
   """
   probs, onehot = _probs_and_onehot(probs, labels, num_classes)
-  class_pixels = tf.reduce_sum(onehot, axis=(0, 1, 2))
+  class_pixels = tf.reduce_sum(onehot, axis=_positions(onehot))
   if batch_sum is not None:
     class_pixels = batch_sum(class_pixels)
   weights = 1.0 - class_pixels / tf.reduce_sum(class_pixels)
@@ -142,11 +153,11 @@ def l2_loss(kernels: Sequence[tf.Variable], *, weight: float = 1e-4):
 def _class_mean_log_softmax(logits, labels, num_classes, temperature, dtype,
                             batch_sum=None):
   """log softmax(zbar_c / T) [C, C] of each class's mean logit vector over the batch."""
-  logits = tf.cast(logits, dtype)
-  onehot = tf.one_hot(labels, num_classes, dtype=dtype)
+  logits = tf.reshape(tf.cast(logits, dtype), [-1, num_classes])  # [P, C], any rank
+  onehot = tf.one_hot(tf.reshape(labels, [-1]), num_classes, dtype=dtype)
   # zbar[c, :] = sum_p g_c(p) z(p) / (sum_p g_c(p) + 1e-6).
-  summed = tf.einsum("bhwc,bhwk->ck", onehot, logits)
-  counts = tf.reduce_sum(onehot, axis=(0, 1, 2))
+  summed = tf.einsum("pc,pk->ck", onehot, logits)
+  counts = tf.reduce_sum(onehot, axis=0)
   if batch_sum is not None:
     summed, counts = batch_sum(summed), batch_sum(counts)
   zbar = summed / (counts[:, None] + _KD_EPS)
@@ -164,10 +175,11 @@ def kd_loss(logits_a, labels_a, logits_b, labels_b, *, num_classes: int,
   zbar = 0, i.e. a uniform q, as in UMMKD.
 
   Args:
-    logits_a: modality a's logits [B, H, W, C].
-    labels_a: modality a's integer class map [B, H, W].
-    logits_b: modality b's logits [B', H', W', C] (unpaired: sizes may differ).
-    labels_b: modality b's integer class map [B', H', W'].
+    logits_a: modality a's logits [B, H, W, C] (or [B, D, H, W, C]).
+    labels_a: modality a's integer class map [B, H, W] (or [B, D, H, W]).
+    logits_b: modality b's logits [B', H', W', C] (unpaired: sizes may differ; 2D or 3D
+      like modality a's).
+    labels_b: modality b's integer class map [B', H', W'] (or [B', D', H', W']).
     num_classes: C.
     temperature: softmax temperature T.
     batch_sum: applied to the batch sums (e.g. a cross-replica all-reduce); None: none.
@@ -199,35 +211,81 @@ def _check_choice(name, value, choices):
     raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-def _spatial_size(feat, what) -> Tuple[int, int]:
-  if feat.shape.rank != 4:
-    raise ValueError(f"{what} must be NHWC [B, h, w, channels], got shape {feat.shape}")
-  height, width = feat.shape[1], feat.shape[2]
-  if height is None or width is None:
+def _spatial_size(feat, what) -> Tuple[int, ...]:
+  """(h, w) of an NHWC feature map or (d, h, w) of an NDHWC one, all static."""
+  if feat.shape.rank not in (4, 5):
+    raise ValueError(f"{what} must be NHWC [B, h, w, channels] or NDHWC "
+                     f"[B, d, h, w, channels], got shape {feat.shape}")
+  size = tuple(feat.shape[1:-1])
+  if any(n is None for n in size):
     raise ValueError(f"{what} needs a static spatial size, got shape {feat.shape}")
-  return height, width
+  return size
 
 
-def _pool_factor(large, small, what) -> int:
-  """Integer average-pooling factor taking size `large` (h, w) to `small`."""
-  factor = large[0] // small[0]
-  if large[0] != factor * small[0] or large[1] != factor * small[1]:
+def _pool_factor(large, small, what) -> Tuple[int, ...]:
+  """Integer average-pooling factors, one per spatial axis, taking `large` to `small`.
+
+  In-plane (h, w) the factor is one for both axes, as in 2D; a 3D map's depth factor may
+  differ from it (a thin patch is pooled in-plane only), but must be an integer too.
+  """
+  factors = tuple(l // s for l, s in zip(large, small))
+  if (any(l != f * s for l, s, f in zip(large, small, factors))
+      or factors[-1] != factors[-2]):
     raise ValueError(f"{what}: feature sizes {large} and {small} differ by a "
                      "non-integer or anisotropic factor")
-  return factor
+  return factors
+
+
+def _avg_pool(feat, factors):
+  """Non-overlapping average pooling of [B, h, w, ch] or [B, d, h, w, ch] by `factors`."""
+  if len(factors) == 2:
+    return tf.nn.avg_pool2d(feat, factors, factors, "VALID")
+  # Depth as block means over a rank-4 view, then in-plane slice by slice: TF's
+  # AvgPool3D has no float64 CPU kernel (the gradient checks).
+  depth, height, width, channels = feat.shape[1:]
+  if factors[0] > 1:
+    depth //= factors[0]
+    feat = tf.reduce_mean(
+        tf.reshape(feat, [-1, depth, factors[0], height * width * channels]), axis=2)
+  slices = tf.reshape(feat, [-1, height, width, channels])
+  slices = tf.nn.avg_pool2d(slices, factors[1:], factors[1:], "VALID")
+  return tf.reshape(slices, [-1, depth, *slices.shape[1:]])
 
 
 def _match_sizes(feat_l, feat_k):
   """Average-pools the larger of the two feature maps to the other's size (REF. s. 2)."""
   size_l = _spatial_size(feat_l, "feat_l")
   size_k = _spatial_size(feat_k, "feat_k")
-  if size_k[0] > size_l[0] or size_k[1] > size_l[1]:
-    factor = _pool_factor(size_k, size_l, "csa")
-    feat_k = tf.nn.avg_pool2d(feat_k, factor, factor, "VALID")
+  if len(size_l) != len(size_k):
+    raise ValueError(f"feat_l {feat_l.shape} and feat_k {feat_k.shape} differ in rank")
+  if any(k > l for k, l in zip(size_k, size_l)):
+    feat_k = _avg_pool(feat_k, _pool_factor(size_k, size_l, "csa"))
   elif size_l != size_k:
-    factor = _pool_factor(size_l, size_k, "csa")
-    feat_l = tf.nn.avg_pool2d(feat_l, factor, factor, "VALID")
+    feat_l = _avg_pool(feat_l, _pool_factor(size_l, size_k, "csa"))
   return feat_l, feat_k
+
+
+def _nearest_labels(labels, size):
+  """labels [B, H, W] or [B, D, H, W] resized to `size` (h, w) or (d, h, w).
+
+  Nearest neighbour with half-pixel centres on every axis (REFERENCE.md section 2): a
+  factor-f reduction keeps pixel f*i + f//2 of each block; 3D maps take the same rule
+  along depth, then in-plane slice by slice.
+  """
+  if tuple(labels.shape[1:]) == tuple(size):
+    return labels
+  if len(size) == 3:
+    depth, small_depth = labels.shape[1], size[0]
+    if depth != small_depth:
+      # floor((i + 0.5) * D / d), the in-plane rule of tf.image.resize, along depth.
+      index = [min(int((2 * i + 1) * depth // (2 * small_depth)), depth - 1)
+               for i in range(small_depth)]
+      labels = tf.gather(labels, index, axis=1)
+    slices = tf.reshape(labels, [-1, labels.shape[2], labels.shape[3]])
+    return tf.reshape(_nearest_labels(slices, size[1:]), [-1, *size])
+  height, width = size
+  return tf.image.resize(labels[..., None], (height, width),
+                         method="nearest")[..., 0]
 
 
 def _inverse_norm(sq_norm):
@@ -247,20 +305,21 @@ def class_affinity_matrices(feat_l, feat_k, labels, *, num_classes: int,
   """Batch-pooled class-specific affinity matrices of one modality (paper Eq. 2-3).
 
   The larger feature map is average-pooled to the smaller one's size and `labels` are
-  resized to that size by nearest neighbour. For class c, channel m of layer l and
+  resized to that size by nearest neighbour (3D maps: the same on three axes). For class c, channel m of layer l and
   channel n of layer k give `a_mn = cos(x_m * M_c, y_n * M_c) / S_c`, where each masked
-  channel is one vector over all B*h*w positions of the batch (REFERENCE.md s. 2); with
+  channel is one vector over all B*h*w (3D: B*d*h*w) positions of the batch
+  (REFERENCE.md s. 2); with
   affinity="dot", `a_mn = <x_m * M_c, y_n * M_c> / S_c = sum_p M_c(p) x_m(p) y_n(p) / S_c`
   (with S_c = count: the mean of x_m y_n over the class region).
   All classes are computed at once with dense one-hot masks and one einsum (XLA-friendly).
 
   Args:
-    feat_l: layer l's features [B, h_l, w_l, M].
-    feat_k: layer k's features [B, h_k, w_k, N].
-    labels: integer class map [B, H, W].
+    feat_l: layer l's features [B, h_l, w_l, M] or [B, d_l, h_l, w_l, M].
+    feat_k: layer k's features [B, h_k, w_k, N] or [B, d_k, h_k, w_k, N].
+    labels: integer class map [B, H, W] or [B, D, H, W].
     num_classes: C, background included.
     area_norm: S_c = "count" (class-c pixels at the feature resolution, Eq. 3),
-      "fraction" (count / (B*h*w)) or "none" (1).
+      "fraction" (count / (B*h*w), 3D: / (B*d*h*w)) or "none" (1).
     class_specific: False uses one all-ones mask (the "Affinity" baseline).
     batch_sum: applied to the batch sums (dot products, squared norms, pixel counts),
       e.g. a cross-replica all-reduce; None: none.
@@ -271,31 +330,27 @@ def class_affinity_matrices(feat_l, feat_k, labels, *, num_classes: int,
     class-specific; `present` marks classes with at least one pixel (their affinity is 0).
 
   Raises:
-    ValueError: bad ranks, non-static or non-integer-ratio spatial sizes, bad area_norm
-      or affinity.
+    ValueError: bad ranks, non-static or non-integer-ratio spatial sizes, in-plane
+      factors that differ between h and w, bad area_norm or affinity.
   """
   _check_choice("area_norm", area_norm, AREA_NORMS)
   _check_choice("affinity", affinity, AFFINITIES)
   feat_l = tf.convert_to_tensor(feat_l)
   feat_k = tf.convert_to_tensor(feat_k)
   labels = tf.convert_to_tensor(labels)
-  if labels.shape.rank != 3:
-    raise ValueError(f"labels must be [B, H, W] class indices, got shape {labels.shape}")
   dtype = _compute_dtype(feat_l, feat_k)
   feat_l, feat_k = _match_sizes(tf.cast(feat_l, dtype), tf.cast(feat_k, dtype))
-  height, width = feat_l.shape[1], feat_l.shape[2]
+  if labels.shape.rank != feat_l.shape.rank - 1:
+    raise ValueError(f"labels must be class indices of shape [B, H, W] (3D: "
+                     f"[B, D, H, W]) beside features {feat_l.shape}, got shape "
+                     f"{labels.shape}")
 
-  x = tf.reshape(feat_l, [-1, feat_l.shape[-1]])  # [P, M], P = B*h*w
+  x = tf.reshape(feat_l, [-1, feat_l.shape[-1]])  # [P, M], P = B*h*w (3D: B*d*h*w)
   y = tf.reshape(feat_k, [-1, feat_k.shape[-1]])  # [P, N]
   if not labels.shape[:1].is_compatible_with(feat_l.shape[:1]):
     raise ValueError(f"labels {labels.shape} and features {feat_l.shape} differ in batch")
   if class_specific:
-    small_labels = labels
-    if tuple(labels.shape[1:]) != (height, width):
-      # Nearest neighbour (half-pixel centres): a factor-f reduction keeps pixel
-      # f*i + f//2 of each block.
-      small_labels = tf.image.resize(labels[..., None], (height, width),
-                                     method="nearest")[..., 0]
+    small_labels = _nearest_labels(labels, _spatial_size(feat_l, "feat_l"))
     masks = tf.one_hot(tf.reshape(small_labels, [-1]), num_classes, dtype=dtype)  # [P, K]
   else:
     masks = tf.ones_like(x[:, :1])  # [P, 1]
@@ -340,12 +395,12 @@ def csa_loss(feat_l_a, feat_k_a, labels_a, feat_l_b, feat_k_b, labels_b, *,
   0 when no class is kept. Gradients flow into both modalities.
 
   Args:
-    feat_l_a: modality a's layer-l features [B, h_l, w_l, M].
-    feat_k_a: modality a's layer-k features [B, h_k, w_k, N].
-    labels_a: modality a's integer class map [B, H, W].
-    feat_l_b: modality b's layer-l features [B', h_l', w_l', M] (unpaired).
+    feat_l_a: modality a's layer-l features [B, h_l, w_l, M] (3D: [B, d_l, h_l, w_l, M]).
+    feat_k_a: modality a's layer-k features [B, h_k, w_k, N] (3D: [B, d_k, h_k, w_k, N]).
+    labels_a: modality a's integer class map [B, H, W] (3D: [B, D, H, W]).
+    feat_l_b: modality b's layer-l features [B', h_l', w_l', M] (unpaired; 3D likewise).
     feat_k_b: modality b's layer-k features [B', h_k', w_k', N].
-    labels_b: modality b's integer class map [B', H', W'].
+    labels_b: modality b's integer class map [B', H', W'] (3D: [B', D', H', W']).
     num_classes: C, background included.
     area_norm: "count" (default, Eq. 3), "fraction" or "none"; see
       `class_affinity_matrices`.

@@ -401,3 +401,13 @@ def oracle_run(path, prep, config):
 
   return OracleRun(str(path))
 
+
+
+def assert_xla_matches_eager(loss_and_grads):
+  """A () -> (loss, grads) function gives the same numbers compiled by XLA as eagerly."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (helpers load no TF)
+  eager_loss, eager_grads = loss_and_grads()
+  xla_loss, xla_grads = tf.function(loss_and_grads, jit_compile=True)()
+  np.testing.assert_allclose(xla_loss.numpy(), eager_loss.numpy(), rtol=1e-4)
+  for xla, eager in zip(xla_grads, eager_grads):
+    np.testing.assert_allclose(xla.numpy(), eager.numpy(), rtol=1e-3, atol=1e-9)

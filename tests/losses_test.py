@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from csa_tf import losses
+from tests import helpers
 
 
 def _nhwc(rows):
@@ -468,11 +469,7 @@ def test_csa_loss_under_xla_matches_eager():
                              num_classes=3)
     return loss, tape.gradient(loss, feats)
 
-  eager_loss, eager_grads = loss_and_grads()
-  xla_loss, xla_grads = tf.function(loss_and_grads, jit_compile=True)()
-  np.testing.assert_allclose(xla_loss.numpy(), eager_loss.numpy(), rtol=1e-4)
-  for x, e in zip(xla_grads, eager_grads):
-    np.testing.assert_allclose(x.numpy(), e.numpy(), rtol=1e-3, atol=1e-9)
+  helpers.assert_xla_matches_eager(loss_and_grads)
 
 
 def test_csa_pairs_loss_is_mean_over_pairs():

@@ -110,9 +110,9 @@ MUTATIONS: Tuple[Mutation, ...] = (
     Mutation(
         "mask_resize_top_left", _LOSSES,
         'tf.image.resize(labels[..., None], (height, width),\n'
-        '                                     method="nearest")[..., 0]',
+        '                         method="nearest")[..., 0]',
         "labels[:, ::labels.shape[1] // height, ::labels.shape[2] // width]",
-        ("tests/losses_test.py",),
+        ("tests/losses_test.py", "tests/losses_3d_test.py"),
         "the CSA masks keep each block's top-left pixel, not its centre (REFERENCE.md s. 2)"),
     Mutation(
         "lr_decay_smooth", "csa_tf/training/trainer.py",
