@@ -21,7 +21,7 @@ from csa_tf.configs.train_config import TrainConfig
 from csa_tf.model.bundle import ModelBundle
 from csa_tf.model.csa_net import CsaNet
 from csa_tf.model.modality_batch_norm import ModalityBatchNorm
-from csa_tf.model.pre_activation_conv import PreActivationConv, conv2d
+from csa_tf.model.pre_activation_conv import PreActivationConv, conv_layer
 from csa_tf.training.trainer import learning_rate_schedule
 from tests import helpers
 
@@ -183,7 +183,7 @@ def test_kernels_are_truncated_normal_0_01_without_bias():
   # normal is 0.01 * sqrt(1 - 4 phi(2) / (2 Phi(2) - 1)) = 0.01 * sqrt(1 - 4 * 0.053991 /
   # 0.954500) = 0.0087962, with a standard error of 0.0088 / sqrt(2 * 36864) = 3e-5 for
   # a 3x3x64x64 kernel; +-3e-4 rejects 0.02 (0.0176) and 0.005 (0.0044).
-  conv = conv2d(64, 3)
+  conv = conv_layer(64, 3)
   conv.build((None, 8, 8, 64))
   assert conv.bias is None
   kernel = conv.kernel.numpy()

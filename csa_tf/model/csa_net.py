@@ -2,6 +2,12 @@
 
 "Nine convolutional operation groups, one deconvolutional group and one softmax layer"
 (paper Sec. 3); the layer-by-layer layout is pinned in REFERENCE.md section 1.
+
+`spatial_dims=3` builds its 3D counterpart (the paper's future work): the same groups,
+taps, dilation, shortcuts and modality-specific BN with 3x3x3 (5x5x5) kernels on patches
+of consecutive slices [B, D, H, W, C]. It pools and upsamples in-plane only: a patch of
+a few slices is thin, and the stack's ~40 convolutions already see across all of it, so
+the depth of every tap is the patch's depth D, which need not be a multiple of 8.
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -15,7 +21,7 @@ from csa_tf.model.modality_batch_norm import ModalityBatchNorm
 from csa_tf.model.modality_batch_norm import validate_modalities
 from csa_tf.model.pre_activation_conv import LEAKY_SLOPE
 from csa_tf.model.pre_activation_conv import PreActivationConv
-from csa_tf.model.pre_activation_conv import conv2d
+from csa_tf.model.pre_activation_conv import conv_layer
 from csa_tf.model.residual_block import ResidualBlock
 
 # (group, [(attribute, channel multiple of feature_base, dilation)]) for groups 2-8; every
@@ -59,6 +65,7 @@ class CsaNet(keras.Model):
     in_channels: input channels (1 slice; 3 for UMMKD's stacked adjacent slices).
     dropout_rate: Keras drop rate (0.25 = the paper's TF1 keep_prob 0.75).
     shared_bn: one BN set for all modalities (the "Joint" setting).
+    spatial_dims: 2 (slices [B, H, W, C]) or 3 (patches [B, D, H, W, C], see above).
     name: model name.
     **kwargs: base Model arguments (dtype, trainable).
 
@@ -72,8 +79,10 @@ class CsaNet(keras.Model):
   def __init__(self, num_classes: int, modalities: Sequence[str], *,
                feature_base: int = 16, in_channels: int = 1,
                dropout_rate: float = 0.25, shared_bn: bool = False,
-               name: str = "csa_net", **kwargs):
+               spatial_dims: int = 2, name: str = "csa_net", **kwargs):
     super().__init__(name=name, **kwargs)
+    if spatial_dims not in (2, 3):
+      raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
     for arg_name, value in (("num_classes", num_classes), ("feature_base", feature_base),
                             ("in_channels", in_channels)):
       if int(value) != value or value < 1:
@@ -86,12 +95,14 @@ class CsaNet(keras.Model):
     self.in_channels = int(in_channels)
     self.dropout_rate = float(dropout_rate)
     self.shared_bn = bool(shared_bn)
+    self.spatial_dims = int(spatial_dims)
 
     f = self.feature_base
     dtype = self.dtype_policy
     block_kwargs = dict(dropout_rate=self.dropout_rate, shared_bn=self.shared_bn,
-                        dtype=dtype)
-    self.g1_conv = conv2d(f, 3, name="g1_conv", dtype=dtype)
+                        spatial_dims=self.spatial_dims, dtype=dtype)
+    conv_kwargs = dict(spatial_dims=self.spatial_dims, dtype=dtype)
+    self.g1_conv = conv_layer(f, 3, name="g1_conv", **conv_kwargs)
     self.g1_rb1 = ResidualBlock(f, self.modalities, name="g1_rb1", **block_kwargs)
     for _, blocks in _RESIDUAL_GROUPS:
       for attr, multiple, dilation in blocks:
@@ -103,12 +114,12 @@ class CsaNet(keras.Model):
     self.g9_unit2 = PreActivationConv(32 * f, self.modalities, name="g9_unit2",
                                       **block_kwargs)
     # 8x8 phase-shift upsampling to 8C channels (UMMKD's deconv group).
-    self.g10_conv = conv2d(self._g10_conv_channels, 3, padding="valid", name="g10_conv",
-                           dtype=dtype)
+    self.g10_conv = conv_layer(self._g10_conv_channels, 3, padding="valid",
+                               name="g10_conv", **conv_kwargs)
     self.g10_bn = ModalityBatchNorm(self.modalities, shared=self.shared_bn, name="g10_bn",
                                     dtype=dtype)
-    self.out_conv = conv2d(self.num_classes, 5, padding="valid", name="out_conv",
-                           dtype=dtype)
+    self.out_conv = conv_layer(self.num_classes, 5, padding="valid", name="out_conv",
+                               **conv_kwargs)
 
   @property
   def _g10_conv_channels(self) -> int:
@@ -119,8 +130,9 @@ class CsaNet(keras.Model):
                     num_classes: Optional[int] = None) -> Dict[str, Tuple[int, int]]:
     """Returns {tap name: (scale divisor, channels)} of the feature taps.
 
-    A tap of an H x W input has spatial size (H / divisor, W / divisor). "g10" has
-    8 * num_classes channels and is left out when `num_classes` is None.
+    A tap of an H x W input has spatial size (H / divisor, W / divisor) (3D: a D x H x W
+    input gives (D, H / divisor, W / divisor)). "g10" has 8 * num_classes channels and
+    is left out when `num_classes` is None.
     """
     f = feature_base
     specs = {"g1": (1, f), "g2": (2, 2 * f), "g3": (4, 4 * f), "g4": (8, 8 * f),
@@ -136,14 +148,18 @@ class CsaNet(keras.Model):
     return self.feature_specs(self.feature_base, self.num_classes)
 
   def _check_input_shape(self, shape) -> None:
-    if len(shape) != 4:
-      raise ValueError(f"{self.name}: expected NHWC images, got shape {tuple(shape)}")
-    for axis, size in (("height", shape[1]), ("width", shape[2])):
+    if len(shape) != 2 + self.spatial_dims:
+      layout = "NHWC images" if self.spatial_dims == 2 else "NDHWC patches"
+      raise ValueError(f"{self.name}: expected {layout}, got shape {tuple(shape)}")
+    if self.spatial_dims == 3 and shape[1] is not None and shape[1] < 2:
+      # The heads' symmetric padding (2 at the output conv) needs two slices.
+      raise ValueError(f"{self.name}: patch depth {shape[1]} must be at least 2")
+    for axis, size in (("height", shape[-3]), ("width", shape[-2])):
       problem = None if size is None else size_problem(size)
       if problem:
         raise ValueError(f"{self.name}: image {axis} {size} {problem}")
-    if shape[3] is not None and shape[3] != self.in_channels:
-      raise ValueError(f"{self.name}: images have {shape[3]} channels, expected "
+    if shape[-1] is not None and shape[-1] != self.in_channels:
+      raise ValueError(f"{self.name}: images have {shape[-1]} channels, expected "
                        f"in_channels={self.in_channels}")
 
   def build(self, input_shape):
@@ -154,9 +170,13 @@ class CsaNet(keras.Model):
     batch = input_shape[0]
 
     def shape_at(divisor, channels, pad=0):
-      h, w = input_shape[1], input_shape[2]
-      return (batch, None if h is None else h // divisor + 2 * pad,
-              None if w is None else w // divisor + 2 * pad, channels)
+      h, w = input_shape[-3], input_shape[-2]
+      in_plane = (None if h is None else h // divisor + 2 * pad,
+                  None if w is None else w // divisor + 2 * pad)
+      if self.spatial_dims == 3:
+        d = input_shape[1]
+        in_plane = (None if d is None else d + 2 * pad,) + in_plane
+      return (batch,) + in_plane + (channels,)
 
     f = self.feature_base
     self.g1_conv.build(input_shape)
@@ -178,7 +198,8 @@ class CsaNet(keras.Model):
     self.out_conv.build(shape_at(1, DOWNSAMPLE * self.num_classes, pad=2))
 
   def call(self, images, *, modality: str, training=False, return_features=False):
-    """Returns logits [B, H, W, num_classes] of `modality`'s images [B, H, W, in_channels].
+    """Returns logits [B, H, W, num_classes] of `modality`'s images [B, H, W, in_channels]
+    (3D: [B, D, H, W, num_classes] of [B, D, H, W, in_channels]).
 
     With `return_features=True` returns (logits, {tap name: activation}) from the same
     forward pass; prefer `call_with_features`.
@@ -196,22 +217,22 @@ class CsaNet(keras.Model):
     x = self.g1_conv(images)
     x = self.g1_rb1(x, **kw)
     features["g1"] = x
-    x = _max_pool(x)
+    x = self._max_pool(x)
     for group, blocks in _RESIDUAL_GROUPS:
       for attr, _, _ in blocks:
         x = getattr(self, attr)(x, **kw)
       features[group] = x
       if group in _POOLED_GROUPS:
-        x = _max_pool(x)
+        x = self._max_pool(x)
     x = self.g9_unit1(x, **kw)
     x = self.g9_unit2(x, **kw)
     features["g9"] = x
-    x = self.g10_conv(ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="symmetric"))
+    x = self.g10_conv(self._pad_spatial(x, 1))
     x = self.g10_bn(x, **kw)
     x = ops.leaky_relu(x, negative_slope=LEAKY_SLOPE)
     x = depth_to_space(x, DOWNSAMPLE)
     features["g10"] = x
-    logits = self.out_conv(ops.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]], mode="symmetric"))
+    logits = self.out_conv(self._pad_spatial(x, 2))
     if return_features:
       return logits, features
     return logits
@@ -221,11 +242,22 @@ class CsaNet(keras.Model):
 
     Taps "g1".."g9" are each group's output before its max-pool (g1 at H, g2 at H/2,
     g3 at H/4, g4..g9 at H/8); "g10" is the 8C-channel map after depth_to_space (H).
+    In 3D every tap keeps the patch's depth D.
     """
     return self(images, modality=modality, training=training, return_features=True)
 
   def compute_output_shape(self, input_shape):
     return tuple(input_shape[:-1]) + (self.num_classes,)
+
+  def _max_pool(self, x):
+    """2x2 max-pool in-plane (3D: pool (1, 2, 2), depth kept)."""
+    size = 2 if self.spatial_dims == 2 else (1, 2, 2)
+    return ops.max_pool(x, pool_size=size, strides=size, padding="valid")
+
+  def _pad_spatial(self, x, pad: int):
+    """Symmetric padding by `pad` on every spatial axis, for the heads' valid convs."""
+    return ops.pad(x, [[0, 0]] + [[pad, pad]] * self.spatial_dims + [[0, 0]],
+                   mode="symmetric")
 
   def sublayers(self) -> List[keras.layers.Layer]:
     """Every sub-layer, depth-first in construction (= forward) order.
@@ -250,13 +282,13 @@ class CsaNet(keras.Model):
 
   @property
   def conv_kernels(self) -> List[keras.Variable]:
-    """The 33 conv kernels in forward order (the L2 term's weights; no BN).
+    """The 33 conv kernels in forward order (the L2 term's weights; no BN; 3D: Conv3D).
 
     A property holding variables only: Keras' `.keras` saving walks properties, and one
     returning layers would file those layers under its name.
     """
     return [layer.kernel for layer in self._sublayers_in_order()
-            if isinstance(layer, keras.layers.Conv2D)]
+            if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv3D))]
 
   def bn_layers(self) -> List[ModalityBatchNorm]:
     """Returns the 31 modality BN sites in forward order."""
@@ -272,6 +304,7 @@ class CsaNet(keras.Model):
         "in_channels": self.in_channels,
         "dropout_rate": self.dropout_rate,
         "shared_bn": self.shared_bn,
+        "spatial_dims": self.spatial_dims,
     })
     return config
 
@@ -280,14 +313,18 @@ class CsaNet(keras.Model):
     return cls(**config)
 
 
-def _max_pool(x):
-  return ops.max_pool(x, pool_size=2, strides=2, padding="valid")
-
-
 def depth_to_space(x, block: int):
   """[B, H, W, block * block * C] -> [B, H * block, W * block, C], TensorFlow's
   `depth_to_space` (DCR order: output (h * block + i, w * block + j, c) is input
-  (h, w, (i * block + j) * C + c)) in keras.ops, so the network runs on any backend."""
+  (h, w, (i * block + j) * C + c)) in keras.ops, so the network runs on any backend.
+
+  A 3D map [B, D, H, W, block * block * C] is upsampled in-plane, slice by slice, to
+  [B, D, H * block, W * block, C].
+  """
+  if len(x.shape) == 5:
+    shape = ops.shape(x)
+    slices = depth_to_space(ops.reshape(x, (-1, shape[2], shape[3], shape[4])), block)
+    return ops.reshape(slices, (shape[0], shape[1]) + tuple(ops.shape(slices)[1:]))
   shape = ops.shape(x)
   channels = x.shape[-1] // (block * block)
   x = ops.reshape(x, (shape[0], shape[1], shape[2], block, block, channels))

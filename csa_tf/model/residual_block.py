@@ -19,6 +19,7 @@ class ResidualBlock(keras.layers.Layer):
     dilation_rate: 1 for RB, 2 for DRB.
     dropout_rate: Keras drop rate (0.25 = the paper's keep_prob 0.75).
     shared_bn: one BN set for all modalities (the "Joint" setting).
+    spatial_dims: 2 (NHWC inputs) or 3 (NDHWC inputs, Conv3D).
     **kwargs: base Layer arguments (name, dtype, trainable).
 
   Raises:
@@ -26,15 +27,18 @@ class ResidualBlock(keras.layers.Layer):
   """
 
   def __init__(self, filters: int, modalities: Sequence[str], *, dilation_rate: int = 1,
-               dropout_rate: float = 0.25, shared_bn: bool = False, **kwargs):
+               dropout_rate: float = 0.25, shared_bn: bool = False,
+               spatial_dims: int = 2, **kwargs):
     super().__init__(**kwargs)
     self.filters = int(filters)
+    self.spatial_dims = int(spatial_dims)
     self.modalities = tuple(modalities)
     self.dilation_rate = int(dilation_rate)
     self.dropout_rate = float(dropout_rate)
     self.shared_bn = bool(shared_bn)
     unit_kwargs = dict(dilation_rate=self.dilation_rate, dropout_rate=self.dropout_rate,
-                       shared_bn=self.shared_bn, dtype=self.dtype_policy)
+                       shared_bn=self.shared_bn, spatial_dims=self.spatial_dims,
+                       dtype=self.dtype_policy)
     self.unit1 = PreActivationConv(self.filters, self.modalities, name="unit1",
                                    **unit_kwargs)
     self.unit2 = PreActivationConv(self.filters, self.modalities, name="unit2",
@@ -57,7 +61,7 @@ class ResidualBlock(keras.layers.Layer):
     inner = self.unit2(inner, modality=modality, training=training)
     if self._pad != (0, 0):
       # Parameter-free shortcut for doubled channels (REFERENCE.md section 1).
-      x = keras.ops.pad(x, [[0, 0], [0, 0], [0, 0], list(self._pad)])
+      x = keras.ops.pad(x, [[0, 0]] * (1 + self.spatial_dims) + [list(self._pad)])
     return x + inner
 
   def compute_output_shape(self, input_shape):
@@ -71,5 +75,6 @@ class ResidualBlock(keras.layers.Layer):
         "dilation_rate": self.dilation_rate,
         "dropout_rate": self.dropout_rate,
         "shared_bn": self.shared_bn,
+        "spatial_dims": self.spatial_dims,
     })
     return config
