@@ -59,11 +59,13 @@ TODAYS_FLAGS = {
     "log_term_gradients": (bool, False), "labelled_train_patients": ("multi", []),
     # Issue 15: several steps per tf.function call.
     "steps_per_loop": (int, 1),
+    # Issue 16: the 3D network on patches of consecutive slices.
+    "spatial_dims": (int, 2), "patch_depth": (int, 8),
 }
 # The fields added after TODAYS_CONFIG_JSON, at their defaults as config.json holds them.
 NEW_FIELDS = {"csa_affinity": "cosine", "joint_bn": "separate",
               "log_term_gradients": False, "labelled_train_patients": {},
-              "steps_per_loop": 1}
+              "steps_per_loop": 1, "spatial_dims": 2, "patch_depth": 8}
 TODAYS_ENUMS = {
     "method": ["single", "ummkd", "joint", "msbn", "affinity", "csa"],
     "csa_area_norm": ["count", "fraction", "none"],

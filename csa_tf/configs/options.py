@@ -231,6 +231,13 @@ def positive_integer(value) -> Optional[str]:
   return None if value >= 1 else "must be a positive integer"
 
 
+def at_least(low: int) -> Check:
+  """A check for value >= low (integer fields: their type is checked by the flags)."""
+  def check(value) -> Optional[str]:
+    return None if value >= low else f"must be at least {low}"
+  return check
+
+
 def positive(value) -> Optional[str]:
   return None if value > 0 else "must be positive"
 

@@ -18,6 +18,9 @@ from csa_tf.configs.downsampling import size_problem
 # The network's input channels a run may ask for: the slice alone, or the slice between
 # its two neighbours (REFERENCE.md section 1: UMMKD stacked three adjacent slices).
 INPUT_SLICES = (1, 3)
+# 2: the paper's network on slices; 3: its 3D counterpart on patches of consecutive
+# slices (the paper's future work; csa_tf/model/csa_net.py).
+SPATIAL_DIMS = (2, 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +173,14 @@ class TrainConfig:
       1, choices=INPUT_SLICES, flag="input_slices",
       help="Slices fed to the network as channels: 1 (the slice), or 3 (the slice with "
       "its two neighbours, UMMKD's input; edge slices repeat their neighbour).")
+  spatial_dims: int = option(
+      2, choices=SPATIAL_DIMS,
+      help="2: the paper's network on slices; 3: its 3D counterpart (3x3x3 convolutions, "
+      "the same groups and taps) on patches of --patch_depth consecutive slices.")
+  patch_depth: int = option(
+      8, check=options.at_least(2),
+      help="Consecutive slices per training patch and evaluation window with "
+      "--spatial_dims=3 (volumes with fewer slices are padded by edge slices).")
   dropout_rate: float = option(
       0.25, check=options.in_interval(0, 1, low_open=False, high_open=True),
       help="Dropout rate (paper's keep_prob 0.75).")
@@ -300,6 +311,11 @@ class TrainConfig:
                       num_classes=spec.num_classes, crop_size=crop_size,
                       modalities=modalities)).validate()
 
+  @property
+  def input_patch_depth(self) -> Optional[int]:
+    """Slices per network input along depth: patch_depth in 3D runs, None in 2D."""
+    return self.patch_depth if self.spatial_dims == 3 else None
+
   def validate(self) -> "TrainConfig":
     """Checks values a user can get wrong; returns self.
 
@@ -313,6 +329,11 @@ class TrainConfig:
     if self.method != "single" and len(self.modalities) < 2:
       raise ConfigError("{method}={value} needs at least two {modalities}", "method",
                         "modalities", value=self.method)
+    if self.spatial_dims == 3 and self.in_channels != 1:
+      # A 3D patch already holds the neighbouring slices along its depth.
+      raise ConfigError("{spatial_dims}=3 takes one slice per voxel: drop "
+                        "{in_channels}={value}", "spatial_dims", "in_channels",
+                        value=self.in_channels)
     if self.jit_compile and self.strategy != "default":
       # Not built or tested: XLA would have to compile the replica function with its
       # all-reduces inside.

@@ -47,7 +47,7 @@ class ModelBundle:
     policy = DTYPE_POLICIES[mixed_precision]
     spec = config.method_spec
     kwargs = dict(feature_base=config.feature_base, in_channels=config.in_channels,
-                  dropout_rate=config.dropout_rate)
+                  dropout_rate=config.dropout_rate, spatial_dims=config.spatial_dims)
     if policy is not None:
       kwargs["dtype"] = keras.DTypePolicy(policy)
     if spec.separate_networks:
@@ -73,7 +73,9 @@ class ModelBundle:
     """Creates every variable (each modality's BN included) with one tiny forward pass."""
     if not self._built:
       size = self.config.crop_size
-      dummy = tf.zeros([1, size, size, self.config.in_channels])
+      depth = self.config.input_patch_depth
+      dummy = tf.zeros([1] + ([depth] if depth else []) + [size, size,
+                                                           self.config.in_channels])
       for modality, net in self.networks.items():
         net(dummy, modality=modality, training=False)
       if self.synchronized_bn:

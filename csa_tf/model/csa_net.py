@@ -7,7 +7,7 @@
 taps, dilation, shortcuts and modality-specific BN with 3x3x3 (5x5x5) kernels on patches
 of consecutive slices [B, D, H, W, C]. It pools and upsamples in-plane only: a patch of
 a few slices is thin, and the stack's ~40 convolutions already see across all of it, so
-the depth of every tap is the patch's depth D, which need not be a multiple of 8.
+the depth of every tap is the patch's depth D, free of the in-plane size rule.
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 

@@ -35,8 +35,10 @@ def single_modality_network(bundle, modality: str):
   source = bundle.networks[modality]
   net = CsaNet(source.num_classes, [modality], feature_base=source.feature_base,
                in_channels=source.in_channels, dropout_rate=source.dropout_rate,
-               name=f"csa_net_{modality}")
-  net(tf.zeros([1, 8, 8, source.in_channels]), modality=modality, training=False)
+               spatial_dims=source.spatial_dims, name=f"csa_net_{modality}")
+  depth = [2] if source.spatial_dims == 3 else []
+  net(tf.zeros([1] + depth + [8, 8, source.in_channels]), modality=modality,
+      training=False)
   for target, kernel in zip(net.conv_kernels, source.conv_kernels, strict=True):
     target.assign(kernel)
   for target, site in zip(net.bn_layers(), source.bn_layers(), strict=True):
@@ -50,14 +52,23 @@ def description(config: config_lib.TrainConfig, modality: str, checkpoint: str) 
   """What model.json says about one exported model."""
   spec = datasets.get_spec(config.dataset)
   versions = run_record.library_versions()
+  if config.input_patch_depth:
+    layout = ("NDHWC: batch, consecutive slices (trained on windows of "
+              f"{config.patch_depth}; at least 2), height, width, 1")
+    window = (f" A 3D network: feed windows of {config.patch_depth} consecutive slices; "
+              "csa_tf.predict covers a volume with windows overlapping by half a window "
+              "and averages the probabilities (csa_tf/data/patches.py).")
+  else:
+    layout, window = "NHWC: batch, height, width, adjacent slices", ""
+  shape = [None] * (1 + config.spatial_dims) + [config.in_channels]
   return {
       "modality": modality,
       "dataset": config.dataset,
       "method": config.method,
       "inputs": {
           "name": "images", "dtype": "float32",
-          "shape": [None, None, None, config.in_channels],
-          "layout": "NHWC: batch, height, width, adjacent slices",
+          "shape": shape,
+          "layout": layout,
           "spatial_multiple": DOWNSAMPLE,
           "training_crop_size": config.crop_size,
       },
@@ -68,10 +79,11 @@ def description(config: config_lib.TrainConfig, modality: str, checkpoint: str) 
           "std <= 1e-6 (csa_tf.data.slicing.VolumeGeometry.network_slices). Training used "
           "crops "
           f"of {config.crop_size} x {config.crop_size} around the heart; whole slices "
-          f"padded to a multiple of {DOWNSAMPLE} also work (csa_tf.predict does that)."),
+          f"padded to a multiple of {DOWNSAMPLE} also work (csa_tf.predict does that)."
+          + window),
       "outputs": {
-          "probabilities": "float32 [batch, H, W, num_classes], softmax over classes",
-          "classes": "int32 [batch, H, W], argmax of probabilities",
+          "probabilities": "float32 [batch, (D,) H, W, num_classes], softmax over classes",
+          "classes": "int32 [batch, (D,) H, W], argmax of probabilities",
       },
       "class_names": list(spec.class_names),
       "label_values": [0] + list(spec.label_values),
@@ -133,7 +145,8 @@ def _export(run: RunDir, folders: Dict[str, str], *,
   written = {}
   for modality, folder in folders.items():
     net = single_modality_network(bundle, modality)
-    module = _ServingModule(net, modality, config.in_channels)
+    module = _ServingModule(net, modality, [None] * (1 + config.spatial_dims)
+                            + [config.in_channels])
     with atomic.StagedFolder(folder) as staged:
       tf.saved_model.save(module, os.path.join(staged.path, SAVED_MODEL_SUBDIR),
                           signatures={"serving_default": module.serve})
@@ -152,7 +165,7 @@ class _ServingModule(tf.Module):
   own to the SavedModel, traced without the modality keyword. Its variables are.
   """
 
-  def __init__(self, net, modality: str, in_channels: int):
+  def __init__(self, net, modality: str, input_shape):
     super().__init__(name=f"csa_tf_{modality}")
     self.network_variables = [v.value for v in net.variables]
 
@@ -163,5 +176,4 @@ class _ServingModule(tf.Module):
               "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
 
     self.serve = tf.function(
-        serve, input_signature=[tf.TensorSpec([None, None, None, in_channels],
-                                              tf.float32, name="images")])
+        serve, input_signature=[tf.TensorSpec(input_shape, tf.float32, name="images")])

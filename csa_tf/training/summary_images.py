@@ -140,16 +140,24 @@ def step_outputs(batches, logits, features, config: TrainConfig, *,
       affinities are those of the global batch, as in the CSA loss.
 
   Returns:
-    {modality: {"image": [H, W], "labels": [H, W], "prediction": [H, W] (first slice),
-    "affinity": [C, M, N] (when features are given)}}.
+    {modality: {"image": [H, W], "labels": [H, W], "prediction": [H, W] (first slice;
+    of a 3D patch its centre slice), "affinity": [C, M, N] (when features are given)}}.
   """
   out = {}
   for modality in config.modalities:
     images, labels = batches[modality]
-    middle = images.shape[-1] // 2  # the centre slice of stacked adjacent slices
-    entry = {"image": tf.cast(images[0, :, :, middle], tf.float32),
-             "labels": tf.cast(labels[0], tf.int32),
-             "prediction": tf.argmax(logits[modality][0], axis=-1, output_type=tf.int32)}
+    first_labels, first_logits = labels[0], logits[modality][0]
+    if labels.shape.rank == 4:
+      # A 3D patch [B, D, H, W, 1]: show its centre slice.
+      centre = labels.shape[1] // 2
+      image = images[0, centre, :, :, 0]
+      first_labels, first_logits = first_labels[centre], first_logits[centre]
+    else:
+      middle = images.shape[-1] // 2  # the centre slice of stacked adjacent slices
+      image = images[0, :, :, middle]
+    entry = {"image": tf.cast(image, tf.float32),
+             "labels": tf.cast(first_labels, tf.int32),
+             "prediction": tf.argmax(first_logits, axis=-1, output_type=tf.int32)}
     if features and config.csa_pairs:
       layer_l, layer_k = config.csa_pairs[0]
       entry["affinity"], _ = losses.class_affinity_matrices(

@@ -279,10 +279,7 @@ class Trainer:
     """The fixed training batches BN statistics are re-estimated on (seeded, cached)."""
     if self._recalibration_batches is None:
       count = self.config.bn_recalibration_batches
-      stream = data.unpaired_batches(
-          self.prepared, self.config.modalities, batch_size=self.config.batch_size,
-          seed=self.config.seed + 1, labelled_only=self.config.labelled_slices_only,
-          input_slices=self.config.in_channels, patients=self.train_patients)
+      stream = self._batches(seed=self.config.seed + 1)
       self._recalibration_batches = list(stream.take(count)) if count else []
     return self._recalibration_batches
 
@@ -304,11 +301,17 @@ class Trainer:
 
   def dataset(self, start_step: int) -> tf.data.Dataset:
     """Global batches {modality: (images, labels)} from step start_step on."""
+    return self._batches(seed=self.config.seed, start_step=start_step,
+                         augment=self.config.augment)
+
+  def _batches(self, *, seed: int, start_step: int = 0, augment: bool = False):
+    """The run's unpaired training stream (slices, or 3D patches) from one seed."""
     return data.unpaired_batches(
         self.prepared, self.config.modalities, batch_size=self.config.batch_size,
-        seed=self.config.seed, start_step=start_step, augment=self.config.augment,
+        seed=seed, start_step=start_step, augment=augment,
         labelled_only=self.config.labelled_slices_only,
-        input_slices=self.config.in_channels, patients=self.train_patients)
+        input_slices=self.config.in_channels, patients=self.train_patients,
+        patch_depth=self.config.input_patch_depth)
 
   def train(self) -> Dict[str, float]:
     """Runs (or resumes) training to config.train_steps; returns the last loss terms.
