@@ -88,3 +88,9 @@ def test_3d_run_trains_evaluates_predicts_and_exports(mmwhs_prep):
   description = json.loads((mmwhs_prep / "exp" / "ct" / "model.json").read_text())
   assert description["inputs"]["shape"] == [None, None, None, None, 1]
   assert description["inputs"]["layout"].startswith("NDHWC")
+
+  # Figures: each chosen slice between its two neighbours, the taps' middle slice.
+  figures = mmwhs_prep / "figures"
+  run_command("csa_tf.visualize", f"--model_dir={run}", f"--output_dir={figures}")
+  for name in ("segmentation_ct.png", "feature_maps_mr.png", "affinity_g3_g4.png"):
+    assert (figures / name).stat().st_size > 0, name

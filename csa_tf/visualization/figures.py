@@ -38,15 +38,32 @@ class _Run:
     """The restored networks (TensorFlow loads on first use)."""
     return self.run_dir.networks()
 
+  @property
+  def is_3d(self) -> bool:
+    return self.config.input_patch_depth is not None
+
   def inputs(self, neighbourhoods: np.ndarray) -> np.ndarray:
-    """This run's network inputs [N, H, W, in_channels] of choose_slices' [N, H, W, 3]."""
+    """This run's network inputs [N, H, W, in_channels] of choose_slices' [N, H, W, 3];
+    of a 3D run, each slice between its neighbours as a patch [N, 3, H, W, 1]."""
+    if self.is_3d:
+      return np.moveaxis(neighbourhoods, -1, 1)[..., None]
     if self.config.in_channels == 1:
       return neighbourhoods[..., 1:2]
     return neighbourhoods
 
   def labels(self, neighbourhoods: np.ndarray, modality: str) -> np.ndarray:
-    """Class indices [N, H, W] of choose_slices' slices [N, H, W, 3]."""
-    return self.run_dir.segmenter().labels(self.inputs(neighbourhoods), modality)
+    """Class indices [N, H, W] of choose_slices' slices [N, H, W, 3] (a 3D run sees each
+    slice with its two neighbours only, as `inputs` gives them)."""
+    segmenter = self.run_dir.segmenter()
+    if self.is_3d:
+      return np.stack([segmenter.labels(patch, modality)[1]
+                       for patch in self.inputs(neighbourhoods)])
+    return segmenter.labels(self.inputs(neighbourhoods), modality)
+
+  def centre_slices(self, tap) -> np.ndarray:
+    """A feature tap of `inputs` as [N, h, w, channels]: a 3D run's middle slice."""
+    tap = np.asarray(tap, np.float32)
+    return tap[:, 1] if self.is_3d else tap
 
 
 def collect_runs(model_dir: str, compare_runs: Sequence[str] = (),
@@ -202,7 +219,7 @@ def feature_map_figure(run: _Run, prepared: PreparedDataset, modality: str, path
                         f"{', '.join(net.FEATURE_NAMES)}")
   _, taps = net.call_with_features(run.inputs(neighbourhood[None]).astype(np.float32),
                                    modality=modality, training=False)
-  features = np.asarray(taps[tap][0], np.float32)  # [h, w, channels]
+  features = run.centre_slices(taps[tap])[0]  # [h, w, channels]
   height, width = features.shape[:2]
   small = _resize(label, (height, width), "nearest").astype(np.int64)
   flat = features.reshape(-1, features.shape[-1])
@@ -260,7 +277,8 @@ def affinity_figure(run: _Run, prepared: PreparedDataset, path: str, *,
     _, taps = run.bundle.networks[modality].call_with_features(
         images, modality=modality, training=False)
     affinity, _ = losses.class_affinity_matrices(
-        taps[pair[0]], taps[pair[1]], labels, num_classes=spec.num_classes,
+        run.centre_slices(taps[pair[0]]), run.centre_slices(taps[pair[1]]), labels,
+        num_classes=spec.num_classes,
         area_norm=config.csa_area_norm, affinity=config.csa_affinity)
     matrices[modality] = (np.asarray(affinity), len(chosen))
   rows, cols = len(config.modalities), spec.num_classes
