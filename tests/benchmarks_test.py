@@ -67,3 +67,13 @@ def test_report_names_the_timed_sizes():
       "CPU sizes (feature_base 4, 64x64, batch 8 per modality)")
   assert benchmarks.sizes_text(True) == (
       "paper sizes (feature_base 16, 224x224, batch 8 per modality)")
+
+
+@pytest.mark.integration
+def test_step_3d_ratio_times_both_steps_side_by_side(capsys):
+  results = benchmarks.run_benchmarks(full=False, steps=1, warmup=1, rounds=1,
+                                      only=("step_3d_ratio",), feature_base=2)
+  assert results["csa_2d_step_seconds"] > 0 and results["csa_3d_step_seconds"] > 0
+  assert results["step_3d_ratio"] == pytest.approx(
+      results["csa_3d_step_seconds"] / results["csa_2d_step_seconds"])
+  assert "step_3d_ratio: " in capsys.readouterr().out
