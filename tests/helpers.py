@@ -411,3 +411,14 @@ def assert_xla_matches_eager(loss_and_grads):
   np.testing.assert_allclose(xla_loss.numpy(), eager_loss.numpy(), rtol=1e-4)
   for xla, eager in zip(xla_grads, eager_grads):
     np.testing.assert_allclose(xla.numpy(), eager.numpy(), rtol=1e-3, atol=1e-9)
+
+
+def assert_float64_gradients_match(fn, inputs):
+  """fn's gradients at the float64 `inputs` equal central differences, and none is 0."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (helpers load no TF)
+  assert fn(*inputs).dtype == tf.float64
+  theoretical, numerical = tf.test.compute_gradient(
+      fn, [tf.constant(v) for v in inputs], delta=1e-5)
+  for t, n in zip(theoretical, numerical):
+    assert np.abs(t).max() > 0
+    np.testing.assert_allclose(t, n, atol=1e-7, rtol=1e-5)

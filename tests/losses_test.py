@@ -383,12 +383,7 @@ def test_csa_loss_float64_gradient_check():
     def fn(la_, ka_, lb_, kb_, reduction=reduction):
       return losses.csa_loss(la_, ka_, ya, lb_, kb_, yb, num_classes=2,
                              area_norm="none", reduction=reduction)
-    assert fn(la, ka, lb, kb).dtype == tf.float64
-    theoretical, numerical = tf.test.compute_gradient(
-        fn, [tf.constant(v) for v in (la, ka, lb, kb)], delta=1e-5)
-    for t, n in zip(theoretical, numerical):
-      assert np.abs(t).max() > 0
-      np.testing.assert_allclose(t, n, atol=1e-7, rtol=1e-5)
+    helpers.assert_float64_gradients_match(fn, (la, ka, lb, kb))
 
 
 def _loss_and_grads(la, ka, ya, lb, kb, yb, **kw):
