@@ -16,6 +16,8 @@ from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from csa_tf import feature_grid
+
 # The CSA loss's option lists (area norms, reductions, default layer pairs) are declared
 # once, beside the training options that choose them, in a module that loads no
 # TensorFlow; they stay importable as csa_tf.losses.AREA_NORMS etc.
@@ -211,83 +213,6 @@ def _check_choice(name, value, choices):
     raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
-def _spatial_size(feat, what) -> Tuple[int, ...]:
-  """(h, w) of an NHWC feature map or (d, h, w) of an NDHWC one, all static."""
-  if feat.shape.rank not in (4, 5):
-    raise ValueError(f"{what} must be NHWC [B, h, w, channels] or NDHWC "
-                     f"[B, d, h, w, channels], got shape {feat.shape}")
-  size = tuple(feat.shape[1:-1])
-  if any(n is None for n in size):
-    raise ValueError(f"{what} needs a static spatial size, got shape {feat.shape}")
-  return size
-
-
-def _pool_factor(large, small, what) -> Tuple[int, ...]:
-  """Integer average-pooling factors, one per spatial axis, taking `large` to `small`.
-
-  In-plane (h, w) the factor is one for both axes, as in 2D; a 3D map's depth factor may
-  differ from it (a thin patch is pooled in-plane only), but must be an integer too.
-  """
-  factors = tuple(l // s for l, s in zip(large, small))
-  if (any(l != f * s for l, s, f in zip(large, small, factors))
-      or factors[-1] != factors[-2]):
-    raise ValueError(f"{what}: feature sizes {large} and {small} differ by a "
-                     "non-integer or anisotropic factor")
-  return factors
-
-
-def _avg_pool(feat, factors):
-  """Non-overlapping average pooling of [B, h, w, ch] or [B, d, h, w, ch] by `factors`."""
-  if len(factors) == 2:
-    return tf.nn.avg_pool2d(feat, factors, factors, "VALID")
-  # Depth as block means over a rank-4 view, then in-plane slice by slice: TF's
-  # AvgPool3D has no float64 CPU kernel (the gradient checks).
-  depth, height, width, channels = feat.shape[1:]
-  if factors[0] > 1:
-    depth //= factors[0]
-    feat = tf.reduce_mean(
-        tf.reshape(feat, [-1, depth, factors[0], height * width * channels]), axis=2)
-  slices = tf.reshape(feat, [-1, height, width, channels])
-  slices = tf.nn.avg_pool2d(slices, factors[1:], factors[1:], "VALID")
-  return tf.reshape(slices, [-1, depth, *slices.shape[1:]])
-
-
-def _match_sizes(feat_l, feat_k):
-  """Average-pools the larger of the two feature maps to the other's size (REF. s. 2)."""
-  size_l = _spatial_size(feat_l, "feat_l")
-  size_k = _spatial_size(feat_k, "feat_k")
-  if len(size_l) != len(size_k):
-    raise ValueError(f"feat_l {feat_l.shape} and feat_k {feat_k.shape} differ in rank")
-  if any(k > l for k, l in zip(size_k, size_l)):
-    feat_k = _avg_pool(feat_k, _pool_factor(size_k, size_l, "csa"))
-  elif size_l != size_k:
-    feat_l = _avg_pool(feat_l, _pool_factor(size_l, size_k, "csa"))
-  return feat_l, feat_k
-
-
-def _nearest_labels(labels, size):
-  """labels [B, H, W] or [B, D, H, W] resized to `size` (h, w) or (d, h, w).
-
-  Nearest neighbour with half-pixel centres on every axis (REFERENCE.md section 2): a
-  factor-f reduction keeps pixel f*i + f//2 of each block; 3D maps take the same rule
-  along depth, then in-plane slice by slice.
-  """
-  if tuple(labels.shape[1:]) == tuple(size):
-    return labels
-  if len(size) == 3:
-    depth, small_depth = labels.shape[1], size[0]
-    if depth != small_depth:
-      # floor((i + 0.5) * D / d), the in-plane rule of tf.image.resize, along depth.
-      index = [min(int((2 * i + 1) * depth // (2 * small_depth)), depth - 1)
-               for i in range(small_depth)]
-      labels = tf.gather(labels, index, axis=1)
-    slices = tf.reshape(labels, [-1, labels.shape[2], labels.shape[3]])
-    return tf.reshape(_nearest_labels(slices, size[1:]), [-1, *size])
-  height, width = size
-  return tf.image.resize(labels[..., None], (height, width),
-                         method="nearest")[..., 0]
-
-
 def _inverse_norm(sq_norm):
   """1 / sqrt(sq_norm), and 0 for (near) zero norms, with finite gradients everywhere.
 
@@ -339,7 +264,8 @@ def class_affinity_matrices(feat_l, feat_k, labels, *, num_classes: int,
   feat_k = tf.convert_to_tensor(feat_k)
   labels = tf.convert_to_tensor(labels)
   dtype = _compute_dtype(feat_l, feat_k)
-  feat_l, feat_k = _match_sizes(tf.cast(feat_l, dtype), tf.cast(feat_k, dtype))
+  feat_l, feat_k = feature_grid.match_sizes(tf.cast(feat_l, dtype),
+                                            tf.cast(feat_k, dtype))
   if labels.shape.rank != feat_l.shape.rank - 1:
     raise ValueError(f"labels must be class indices of shape [B, H, W] (3D: "
                      f"[B, D, H, W]) beside features {feat_l.shape}, got shape "
@@ -350,7 +276,8 @@ def class_affinity_matrices(feat_l, feat_k, labels, *, num_classes: int,
   if not labels.shape[:1].is_compatible_with(feat_l.shape[:1]):
     raise ValueError(f"labels {labels.shape} and features {feat_l.shape} differ in batch")
   if class_specific:
-    small_labels = _nearest_labels(labels, _spatial_size(feat_l, "feat_l"))
+    small_labels = feature_grid.nearest_labels(
+        labels, feature_grid.spatial_size(feat_l, "feat_l"))
     masks = tf.one_hot(tf.reshape(small_labels, [-1]), num_classes, dtype=dtype)  # [P, K]
   else:
     masks = tf.ones_like(x[:, :1])  # [P, 1]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from csa_tf import feature_grid
 from csa_tf import losses
 from tests import helpers
 
@@ -157,7 +158,7 @@ def test_csa_3d_with_depth_pooling_matches_pooled_slices(area_norm, reduction):
 def test_depth_resize_by_a_non_integer_ratio_keeps_the_centre_rule():
   # Depth 5 -> 2: floor((i + 0.5) * 5 / 2) = slices 1 and 3; in-plane 4 -> 2: 1 and 3.
   labels = np.arange(5 * 4 * 4).reshape((1, 5, 4, 4)).astype(np.int32)
-  got = losses._nearest_labels(tf.constant(labels), (2, 2, 2))  # pylint: disable=protected-access
+  got = feature_grid.nearest_labels(tf.constant(labels), (2, 2, 2))
   np.testing.assert_array_equal(got.numpy(), _np_nearest_3d(labels, (2, 2, 2)))
   np.testing.assert_array_equal(got.numpy(), labels[:, [1, 3]][:, :, [1, 3]][..., [1, 3]])
 

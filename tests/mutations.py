@@ -108,7 +108,7 @@ MUTATIONS: Tuple[Mutation, ...] = (
         ("tests/losses_test.py",),
         "Eq. 4's two readings exchanged"),
     Mutation(
-        "mask_resize_top_left", _LOSSES,
+        "mask_resize_top_left", "csa_tf/feature_grid.py",
         'tf.image.resize(labels[..., None], (height, width),\n'
         '                         method="nearest")[..., 0]',
         "labels[:, ::labels.shape[1] // height, ::labels.shape[2] // width]",
