@@ -11,6 +11,10 @@ prints one `name: value` line per figure:
   step_3d_ratio       step time of the 3D CSA network on one patch of 8 slices per
                       modality (--spatial_dims=3 --patch_depth=8 --batch_size=1, as
                       experiments/mmwhs3d.flags) / the 2D CSA step on 8 slices
+  step_3d_rss_ratio   the same two steps' memory: peak RSS of a fresh process training
+                      the 3D step / of one training the 2D step, each less the peak of
+                      an idle process that imported TensorFlow and loaded the same data
+                      (also prints the three peaks in MB)
   input_headroom      batches/s the tf.data pipeline delivers alone / batches/s the
                       training step consumes
   hd_eval_seconds     per-class HD on a CT-sized (512x512x250) volume (evaluation code)
@@ -101,7 +105,10 @@ def _medians(per_round: Dict[str, List[float]], suffix: str) -> Dict[str, float]
 class Workbench:
   """Phantom data and trainers shared by the training-step figures."""
 
-  def __init__(self, root: str, *, full: bool, feature_base: Optional[int] = None):
+  def __init__(self, root: str, *, full: bool, feature_base: Optional[int] = None,
+               reuse: bool = False):
+    """Writes MS-CMRSeg phantoms and their PREP under root (reuse: opens those an
+    earlier Workbench on the same root wrote, as the memory figure's children do)."""
     from csa_tf.data.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
     from csa_tf.data import phantom  # pylint: disable=g-import-not-at-top
     from csa_tf.data.mscmr import prepare_mscmr  # pylint: disable=g-import-not-at-top
@@ -109,12 +116,15 @@ class Workbench:
     self.root = root
     self.crop = 224 if full else 64
     self.feature_base = feature_base or default_feature_base(full)
+    prep = os.path.join(root, "prep")
+    if reuse:
+      self.prepared = PreparedDataset.open(prep)
+      return
     raw = os.path.join(root, "raw")
     phantom.generate_phantoms("mscmr", raw, num_patients=4, seed=0,
                               scale=1.0 if full else 0.25,
                               modalities=datasets.MSCMR.paper_modalities,
                               progress=None)
-    prep = os.path.join(root, "prep")
     prepare_mscmr(raw, prep, crop_size=self.crop, test_fraction=0.25)
     self.prepared = PreparedDataset.open(prep)
 
@@ -223,6 +233,42 @@ def step_3d_ratio(bench: Workbench, steps: int, warmup: int,
               **_medians(seconds, "_step_seconds"))
 
 
+# The 3D step against the 2D one (as step_3d_ratio); None: load the data, train nothing.
+_STEP_CONFIGS = {"idle": None,
+                 "csa_2d": dict(method="csa"),
+                 "csa_3d": dict(method="csa", spatial_dims=3, patch_depth=8, batch_size=1)}
+# Each configuration trains in a fresh process, whose VmHWM (peak RSS, see _PREP_CHILD)
+# is then its own: one process would report the larger configuration's peak for both.
+_STEP_CHILD = r"""
+import json, sys
+import tensorflow  # the idle baseline holds the runtime too
+from benchmarks.run import _STEP_CONFIGS, Workbench
+root, full, feature_base, name = json.loads(sys.argv[1])
+bench = Workbench(root, full=full, feature_base=feature_base, reuse=True)
+if _STEP_CONFIGS[name] is not None:
+  run = bench.step_runner(bench.config(name + "_rss", **_STEP_CONFIGS[name]))
+  run(2)  # the traced step and one more
+with open("/proc/self/status") as f:
+  peak_kb = [line.split()[1] for line in f if line.startswith("VmHWM:")][0]
+print(int(peak_kb) / 1024.0)
+"""
+
+
+def step_3d_rss_ratio(bench: Workbench, steps: int, warmup: int,
+                      rounds: int) -> Dict[str, float]:
+  """Peak memory of the 3D CSA step against the 2D one, each above an idle process."""
+  del steps, warmup, rounds
+  peaks = {}
+  for name in _STEP_CONFIGS:
+    args = json.dumps([bench.root, bench.crop == 224, bench.feature_base, name])
+    result = subprocess.run([sys.executable, "-c", _STEP_CHILD, args], capture_output=True,
+                            text=True, check=True, cwd=_REPO)
+    peaks[f"{name}_peak_rss_mb"] = float(result.stdout.strip().splitlines()[-1])
+  idle = peaks["idle_peak_rss_mb"]
+  ratio = (peaks["csa_3d_peak_rss_mb"] - idle) / (peaks["csa_2d_peak_rss_mb"] - idle)
+  return dict(peaks, step_3d_rss_ratio=ratio)
+
+
 def input_headroom(bench: Workbench, steps: int, warmup: int,
                    rounds: int) -> Dict[str, float]:
   from csa_tf.data import pipeline as data  # pylint: disable=g-import-not-at-top
@@ -328,6 +374,7 @@ FIGURES = (("model_gflops_per_image", model_gflops_per_image),
            ("loop_vs_fit_ratio", loop_vs_fit_ratio),
            ("xla_speedup", xla_speedup),
            ("step_3d_ratio", step_3d_ratio),
+           ("step_3d_rss_ratio", step_3d_rss_ratio),
            ("input_headroom", input_headroom),
            ("hd_eval_seconds", hd_eval_seconds),
            ("prep_peak_rss_mb", prep_peak_rss_mb))
@@ -335,7 +382,7 @@ FIGURES = (("model_gflops_per_image", model_gflops_per_image),
 _STANDALONE = ("model_gflops_per_image", "hd_eval_seconds", "prep_peak_rss_mb")
 TARGETS = {"model_gflops_per_image": "59.6 (REFERENCE.md section 1)",
            "flops_utilization": ">= 0.30 at paper size", "csa_overhead_ratio": "<= 1.10", "loop_vs_fit_ratio": "<= 1.0",
-           "xla_speedup": "(report)", "step_3d_ratio": "(report)",
+           "xla_speedup": "(report)", "step_3d_ratio": "(report)", "step_3d_rss_ratio": "(report)",
            "input_headroom": ">= 5",
            "hd_eval_seconds": "< 0.3", "prep_peak_rss_mb": "< 2048"}
 

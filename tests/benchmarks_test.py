@@ -77,3 +77,15 @@ def test_step_3d_ratio_times_both_steps_side_by_side(capsys):
   assert results["step_3d_ratio"] == pytest.approx(
       results["csa_3d_step_seconds"] / results["csa_2d_step_seconds"])
   assert "step_3d_ratio: " in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_step_3d_rss_ratio_compares_fresh_processes_above_an_idle_one(capsys):
+  results = benchmarks.run_benchmarks(full=False, steps=1, warmup=1, rounds=1,
+                                      only=("step_3d_rss_ratio",), feature_base=2)
+  idle, two_d, three_d = (results[f"{name}_peak_rss_mb"]
+                          for name in ("idle", "csa_2d", "csa_3d"))
+  # TensorFlow alone takes hundreds of MB; training a step takes more on top of it.
+  assert 100 < idle < two_d and idle < three_d
+  assert results["step_3d_rss_ratio"] == pytest.approx((three_d - idle) / (two_d - idle))
+  assert "step_3d_rss_ratio: " in capsys.readouterr().out
