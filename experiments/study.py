@@ -14,6 +14,9 @@ flags, then the entry's own. Writes OUT/study.csv (one row per entry, seed, test
 and class), OUT/study.md (mean ± std over seeds per class and modality; each entry
 against MSBN and Single, a Wilcoxon signed-rank test over patients and seeds) and
 OUT/study.png (Dice per entry with error bars).
+
+A variant may set its own step count (--variant_flag=NAME:--train_steps=K), e.g. to give
+3D runs the wall time of the 2D runs they are compared with; --train_steps sets the rest.
 """
 import os
 import re
@@ -31,6 +34,7 @@ from experiments import study_tables
 FLAGS = flags.FLAGS
 HERE = os.path.dirname(os.path.abspath(__file__))
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+_STEPS = "--train_steps="
 
 
 def define_flags():
@@ -80,6 +84,10 @@ def parse_entries(methods: Sequence[str], variants: Sequence[str],
       raise CsaInputError(f"--variant_flag={item}: expected NAME:--flag=value")
     if name not in variant_flags_of:
       raise CsaInputError(f"--variant_flag={item}: no --variant={name}")
+    steps = flag[len(_STEPS):]
+    if flag.startswith(_STEPS) and not (steps.isdigit() and int(steps) > 0):
+      raise CsaInputError(f"--variant_flag={item}: --train_steps must be a positive "
+                          "integer")
     variant_flags_of[name].append(flag)
   for name, own in variant_flags_of.items():
     has_method = any(f.startswith("--method=") for f in own)
@@ -120,13 +128,17 @@ def run_study(data_dir: str, output_dir: str, *, entries: List[Tuple[str, List[s
   rows: List[Dict] = []
   modalities: List[str] = []
   for name, own_flags in entries:
+    # The runner passes the step count last and checks a run's last checkpoint against
+    # it, so a variant's own --train_steps goes there rather than among its flags.
+    own_steps = [int(f[len(_STEPS):]) for f in own_flags if f.startswith(_STEPS)]
+    own_flags = [f for f in own_flags if not f.startswith(_STEPS)]
     for seed in seeds:
       run_dir = os.path.join(output_dir, "runs", name, f"seed{seed}")
       runner.train_and_evaluate(
           f"{name} seed {seed}", run_dir, data_dir=data_dir,
           train_flags=[f"--flagfile={flagfile}", f"--seed={seed}", *extra_flags,
                        *own_flags],
-          train_steps=train_steps,
+          train_steps=own_steps[-1] if own_steps else train_steps,
           new_dirs=new_dirs + [os.path.join(output_dir, "runs", name)])
       for row in runner.per_volume_rows(run_dir):
         rows.append(dict(row, method=name, seed=seed))

@@ -39,6 +39,10 @@ def test_entries_are_the_methods_then_the_variants_with_their_flags():
     (["csa"], ["dot"], ["dit:--csa_affinity=dot"], "--variant_flag=dit:--csa_affinity=dot: "
      "no --variant=dit"),
     ([], [], [], "--methods and --variant are empty"),
+    (["csa"], ["d3"], ["d3:--train_steps=0"], "--variant_flag=d3:--train_steps=0: "
+     "--train_steps must be a positive integer"),
+    (["csa"], ["d3"], ["d3:--train_steps=lots"], "--variant_flag=d3:--train_steps=lots: "
+     "--train_steps must be a positive integer"),
 ])
 def test_bad_entries_are_one_line(methods, variants, variant_flags, message):
   with pytest.raises(CsaInputError, match="^" + message.replace("(", r"\(")):
@@ -118,19 +122,24 @@ def test_study_runs_every_entry_per_seed_and_gathers_their_rows(tiny_prep, tmp_p
               f"patient4,bssfp,1,LV,ok,{0.4 + 0.1 * seed},4\n")
 
   monkeypatch.setattr(study.runner, "train_and_evaluate", fake_run)
-  entries = study.parse_entries(["msbn"], ["dot"], ["dot:--csa_affinity=dot"])
+  entries = study.parse_entries(["msbn"], ["dot", "d3"],
+                                ["dot:--csa_affinity=dot", "d3:--spatial_dims=3",
+                                 "d3:--train_steps=3"])
   text = study.run_study(tiny_prep.prep_dir, str(tmp_path / "out"), entries=entries,
                          seeds=[0, 1], train_steps=7, flagfile="experiments/demo.flags",
                          extra_flags=["--feature_base=2"])
   assert [(c[0], c[1]) for c in calls] == [
       ("msbn seed 0", "out/runs/msbn/seed0"), ("msbn seed 1", "out/runs/msbn/seed1"),
-      ("dot seed 0", "out/runs/dot/seed0"), ("dot seed 1", "out/runs/dot/seed1")]
+      ("dot seed 0", "out/runs/dot/seed0"), ("dot seed 1", "out/runs/dot/seed1"),
+      ("d3 seed 0", "out/runs/d3/seed0"), ("d3 seed 1", "out/runs/d3/seed1")]
   # The flagfile first, then --train_flag, then the entry's own flags.
   assert calls[3][3] == ["--flagfile=experiments/demo.flags", "--seed=1",
                          "--feature_base=2", "--method=csa", "--csa_affinity=dot"]
   assert calls[0][2] == tiny_prep.prep_dir and calls[0][4] == 7
+  # A variant's own step count replaces the study's, as the runner's (checked) count.
+  assert calls[5][3][-2:] == ["--method=csa", "--spatial_dims=3"] and calls[5][4] == 3
   rows = list(csv.DictReader(open(tmp_path / "out" / "study.csv")))
-  assert len(rows) == 8 and {r["seed"] for r in rows} == {"0", "1"}
+  assert len(rows) == 12 and {r["seed"] for r in rows} == {"0", "1"}
   # LGE LV Dice 0.5 and 0.6 over the two seeds: 55.00 ± 7.07.
   assert "| dot | 55.00 ± 7.07 | - | - |" in text
   assert (tmp_path / "out" / "study.md").read_text() == text
