@@ -3,12 +3,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from csa_tf.data import mmwhs_pnp
 from csa_tf.data import patches
 from csa_tf.data import pipeline
+from csa_tf.data.prepared import PreparedDataset
 from csa_tf.errors import CsaInputError
 from csa_tf.model.bundle import ModelBundle
 from csa_tf.model.segmenter import SliceSegmenter
 from tests.helpers import make_config
+from tests.mmwhs_pnp_test import write_pnp_example_files
 
 
 def test_edge_padding_and_pad_to_depth():
@@ -53,6 +56,17 @@ def test_train_patches_stay_inside_volumes_and_skip_unlabelled_windows(tiny_prep
   assert len(only_first[0]) == lengths[0]
   with pytest.raises(CsaInputError, match="not prepared"):
     patches.train_patches(tiny_prep, "ct", depth=depth)
+
+
+def test_pnp_records_have_no_volumes_to_cut_patches_from(tmp_path):
+  # PnP-AdaNet's training records are separate slices, each with its own two
+  # neighbours: consecutive records need not be consecutive slices.
+  write_pnp_example_files(str(tmp_path / "release"))
+  mmwhs_pnp.prepare_pnp(str(tmp_path / "release"), str(tmp_path / "prep"))
+  prepared = PreparedDataset.open(str(tmp_path / "prep"))
+  with pytest.raises(CsaInputError, match=r"^.*/prep: \S+ holds slices of the PnP-AdaNet "
+                     "records, not a volume; 3D patches need whole volumes"):
+    patches.train_patches(prepared, "ct", depth=2)
 
 
 def test_patch_stream_cuts_the_windows_and_is_seeded():

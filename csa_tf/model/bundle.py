@@ -45,6 +45,16 @@ class ModelBundle:
       raise CsaInputError(f"{param('mixed_precision', mixed_precision)}: expected one of "
                           f"{', '.join(DTYPE_POLICIES)}")
     policy = DTYPE_POLICIES[mixed_precision]
+    if (mixed_precision == "bf16" and config.spatial_dims == 3
+        and not tf.config.list_logical_devices("GPU")):
+      # Measured with TF 2.21: on the CPU the filter gradient of a bfloat16 3D
+      # convolution is NaN or off by ~100% for some shapes (batch 2, depth 2), right for
+      # others; 2D and float16 are fine. Refused rather than trusted shape by shape.
+      raise CsaInputError(f"{param('mixed_precision', mixed_precision)} with "
+                          f"{param('spatial_dims', 3)} on the CPU: TensorFlow's CPU "
+                          "gradient of a bfloat16 3D convolution is wrong for some shapes "
+                          "(NaN at batch 2, depth 2); use fp16 or off on the CPU (bf16 "
+                          "3D needs a GPU)")
     spec = config.method_spec
     kwargs = dict(feature_base=config.feature_base, in_channels=config.in_channels,
                   dropout_rate=config.dropout_rate, spatial_dims=config.spatial_dims)

@@ -251,8 +251,15 @@ class CsaNet(keras.Model):
 
   def _max_pool(self, x):
     """2x2 max-pool in-plane (3D: pool (1, 2, 2), depth kept)."""
-    size = 2 if self.spatial_dims == 2 else (1, 2, 2)
-    return ops.max_pool(x, pool_size=size, strides=size, padding="valid")
+    if self.spatial_dims == 2:
+      return ops.max_pool(x, pool_size=2, strides=2, padding="valid")
+    # Depth is kept, so the slices are pooled as a batch of images: TF's CPU MaxPool3D
+    # has no float16 kernel (its 2D pool has one), and the result is the same.
+    shape = ops.shape(x)
+    pooled = ops.max_pool(ops.reshape(x, (-1, shape[2], shape[3], shape[4])),
+                          pool_size=2, strides=2, padding="valid")
+    pooled_shape = ops.shape(pooled)
+    return ops.reshape(pooled, (-1, shape[1], pooled_shape[1], pooled_shape[2], shape[4]))
 
   def _pad_spatial(self, x, pad: int):
     """Symmetric padding by `pad` on every spatial axis, for the heads' valid convs."""
