@@ -12,7 +12,8 @@ resumes from its checkpoint, so the same command can be rerun after a stop. Trai
 uses experiments/<dataset>.flags (--flagfile_for_train to change), then --train_flag
 flags, then the entry's own. Writes OUT/study.csv (one row per entry, seed, test volume
 and class), OUT/study.md (mean ± std over seeds per class and modality; each entry
-against MSBN and Single, a Wilcoxon signed-rank test over patients and seeds) and
+against MSBN and Single, or those of --against, a Wilcoxon signed-rank test over
+patients and seeds) and
 OUT/study.png (Dice per entry with error bars).
 
 A variant may set its own step count (--variant_flag=NAME:--train_steps=K), e.g. to give
@@ -20,7 +21,7 @@ A variant may set its own step count (--variant_flag=NAME:--train_steps=K), e.g.
 """
 import os
 import re
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import flags
 
@@ -50,6 +51,8 @@ def define_flags():
                             "of variant NAME (repeatable, so list values keep commas).")
   flags.DEFINE_multi_string("train_flag", [], "Extra flag passed to every csa_tf.train "
                             "(repeatable), e.g. --train_flag=--feature_base=8.")
+  flags.DEFINE_list("against", None, "Entries every other entry is tested against "
+                    "(each one in the study); default msbn and single, where in it.")
   flags.DEFINE_string("flagfile_for_train", None,
                       "Training flagfile; default experiments/<the PREP's dataset>.flags.")
 
@@ -115,10 +118,22 @@ def parse_seeds(seeds: Sequence[str]) -> List[int]:
 
 def run_study(data_dir: str, output_dir: str, *, entries: List[Tuple[str, List[str]]],
               seeds: List[int], train_steps, flagfile: str,
-              extra_flags: Sequence[str]) -> str:
+              extra_flags: Sequence[str],
+              against: Optional[Sequence[str]] = None) -> str:
   """Runs every entry for every seed (skipping finished runs); writes and returns
-  study.md's text."""
+  study.md's text, whose paired tests test each entry against each of `against`
+  (None: MSBN and Single, those in the study).
+
+  Raises:
+    CsaInputError: a bad PREP or flagfile, an `against` entry not in the study, or a
+      run that training refused to start.
+  """
   from csa_tf.data.prepared import PreparedDataset  # pylint: disable=g-import-not-at-top
+  names = [name for name, _ in entries]
+  unknown = [name for name in against or () if name not in names]
+  if unknown:
+    raise CsaInputError(f"--against: {', '.join(unknown)} is not an entry of the study "
+                        f"({', '.join(names)})")
   prepared = PreparedDataset.open(data_dir)
   if not os.path.isfile(flagfile):
     raise CsaInputError(f"{flagfile}: training flagfile not found")
@@ -144,10 +159,10 @@ def run_study(data_dir: str, output_dir: str, *, entries: List[Tuple[str, List[s
         rows.append(dict(row, method=name, seed=seed))
         if row["modality"] not in modalities:
           modalities.append(row["modality"])
-  names = [name for name, _ in entries]
   atomic.write_csv(os.path.join(output_dir, "study.csv"), study_tables.CSV_COLUMNS, rows)
   text = study_tables.markdown(rows, names, modalities, prepared.spec.foreground_names,
-                               seeds, title=f"Study on {data_dir}")
+                               seeds, title=f"Study on {data_dir}",
+                               references=against or study_tables.REFERENCES)
   atomic.write_text(os.path.join(output_dir, "study.md"), text)
   study_tables.figure(rows, names, modalities, os.path.join(output_dir, "study.png"))
   print(text)
@@ -165,7 +180,8 @@ def main(argv):
     dataset = PreparedDataset.open(FLAGS.data_dir).spec.name
     flagfile = os.path.join(HERE, f"{dataset}.flags")
   run_study(FLAGS.data_dir, FLAGS.output_dir, entries=entries, seeds=seeds,
-            train_steps=FLAGS.train_steps, flagfile=flagfile, extra_flags=FLAGS.train_flag)
+            train_steps=FLAGS.train_steps, flagfile=flagfile, extra_flags=FLAGS.train_flag,
+            against=FLAGS.against)
 
 
 if __name__ == "__main__":

@@ -67,8 +67,10 @@ def patient_dice(rows: Sequence[Mapping]) -> Dict[Tuple[str, str], Dict[Tuple[in
 
 
 def paired_tests(rows: Sequence[Mapping], entries: Sequence[str],
-                 modalities: Sequence[str]) -> List[Dict]:
-  """Each entry against MSBN and against Single (those in the study), per modality.
+                 modalities: Sequence[str],
+                 references: Sequence[str] = REFERENCES) -> List[Dict]:
+  """Each entry against each of references (those in the study; default MSBN and
+  Single), per modality.
 
   Pairs are (seed, patient): the same patient's Dice under the same seed, so that n is
   patients x seeds. p is NaN where every difference is zero or there is no pair.
@@ -78,7 +80,7 @@ def paired_tests(rows: Sequence[Mapping], entries: Sequence[str],
   """
   dice = patient_dice(rows)
   out = []
-  for reference in REFERENCES:
+  for reference in references:
     if reference not in entries:
       continue
     for entry in entries:
@@ -120,8 +122,10 @@ def _cell(values: Optional[Mapping[int, float]], scale: float = 1.0) -> str:
 
 
 def markdown(rows: Sequence[Mapping], entries: Sequence[str], modalities: Sequence[str],
-             class_names: Sequence[str], seeds: Sequence[int], *, title: str) -> str:
-  """study.md: Dice and HD (voxels) as mean ± std over seeds, then the paired tests."""
+             class_names: Sequence[str], seeds: Sequence[int], *, title: str,
+             references: Sequence[str] = REFERENCES) -> str:
+  """study.md: Dice and HD (voxels) as mean ± std over seeds, then the paired tests of
+  each entry against each of references."""
   dice = seed_means(rows, "dice")
   hd = seed_means(rows, "hd_vox")
   lines = [f"# {title}", "",
@@ -137,7 +141,7 @@ def markdown(rows: Sequence[Mapping], entries: Sequence[str], modalities: Sequen
         cells = [_cell(table.get((entry, modality, c)), scale) for c in class_names]
         lines.append(f"| {entry} | " + " | ".join(cells) + " |")
       lines.append("")
-  tests = paired_tests(rows, entries, modalities)
+  tests = paired_tests(rows, entries, modalities, references)
   if tests:
     lines += ["## Paired tests", "", f"{TEST_NAME}: n pairs = patients x seeds.", "",
               "| entry | against | modality | n | entry Dice (%) | reference Dice (%) | p |",

@@ -92,6 +92,10 @@ def test_paired_test_pairs_patients_and_seeds():
   theirs = [0.5, 0.6, 0.7, 0.4, 0.6, 0.8]
   np.testing.assert_allclose(test["p_value"], stats.wilcoxon(ours, theirs).pvalue)
   np.testing.assert_allclose(test["mean_entry"], np.mean(ours))
+  # --against: the other way round, the same pairs (the signed-rank test is symmetric).
+  back, = study_tables.paired_tests(_rows(), ["msbn", "csa"], ["lge"], references=["csa"])
+  assert (back["entry"], back["reference"], back["n"]) == ("msbn", "csa", 6)
+  np.testing.assert_allclose(back["p_value"], test["p_value"])
 
 
 def test_markdown_and_figure(tmp_path):
@@ -114,7 +118,7 @@ def test_study_runs_every_entry_per_seed_and_gathers_their_rows(tiny_prep, tmp_p
     del new_dirs
     calls.append((name, os.path.relpath(run_dir, tmp_path), data_dir, list(train_flags),
                   train_steps))
-    os.makedirs(os.path.join(run_dir, "eval"))
+    os.makedirs(os.path.join(run_dir, "eval"), exist_ok=True)
     seed = int(name.rsplit(" ", 1)[1])
     with open(os.path.join(run_dir, "eval", "per_volume.csv"), "w") as f:
       f.write("patient_id,modality,class_index,class_name,status,dice,hd_vox\n"
@@ -136,6 +140,7 @@ def test_study_runs_every_entry_per_seed_and_gathers_their_rows(tiny_prep, tmp_p
   assert calls[3][3] == ["--flagfile=experiments/demo.flags", "--seed=1",
                          "--feature_base=2", "--method=csa", "--csa_affinity=dot"]
   assert calls[0][2] == tiny_prep.prep_dir and calls[0][4] == 7
+  assert "| dot | msbn | lge | 2 |" in text and "| msbn | dot |" not in text
   # A variant's own step count replaces the study's, as the runner's (checked) count.
   assert calls[5][3][-2:] == ["--method=csa", "--spatial_dims=3"] and calls[5][4] == 3
   rows = list(csv.DictReader(open(tmp_path / "out" / "study.csv")))
@@ -144,6 +149,16 @@ def test_study_runs_every_entry_per_seed_and_gathers_their_rows(tiny_prep, tmp_p
   assert "| dot | 55.00 ± 7.07 | - | - |" in text
   assert (tmp_path / "out" / "study.md").read_text() == text
   assert (tmp_path / "out" / "study.png").exists()
+  # --against=d3: every other entry against the 3D variant (the runs exist: no training).
+  text = study.run_study(tiny_prep.prep_dir, str(tmp_path / "out"), entries=entries,
+                         seeds=[0, 1], train_steps=7, flagfile="experiments/demo.flags",
+                         extra_flags=[], against=["d3"])
+  assert "| msbn | d3 | lge | 2 |" in text and "| dot | msbn |" not in text
+  with pytest.raises(CsaInputError, match=r"^--against: single is not an entry of the "
+                     r"study \(msbn, dot, d3\)"):
+    study.run_study(tiny_prep.prep_dir, str(tmp_path / "out"), entries=entries, seeds=[0],
+                    train_steps=7, flagfile="experiments/demo.flags", extra_flags=[],
+                    against=["single"])
 
 
 # The default run covers the orchestration above and resuming by checkpoint step in
