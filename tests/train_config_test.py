@@ -186,6 +186,32 @@ def test_flagfiles(flagfile, spec, crop_size, expected):
                                              phantom_scale=0.25, crop_size=64)
 
 
+# docs/csa_study.md d: 0.05 / the share of cosine/fraction/mean_then_square at 256x256.
+MMWHS_ALTERNATIVE_LAMBDA = 5.03e-4
+
+
+@pytest.mark.parametrize("flagfile,spec,crop_size,lam", [
+    ("mscmr.flags", datasets.MSCMR, 224, 2.19e-3),
+    ("mmwhs.flags", datasets.MMWHS, 256, MMWHS_ALTERNATIVE_LAMBDA),
+])
+def test_paper_flagfiles_offer_the_studys_reading_commented_out(flagfile, spec, crop_size,
+                                                                lam, tmp_path):
+  # docs/csa_study.md d: uncommenting the two lines below "Alternative" changes only the
+  # area norm and lambda of the literal setting.
+  text = open(os.path.join(ROOT, "experiments", flagfile)).read()
+  alternative = text[text.index("# Alternative"):].splitlines()
+  lines = [line[2:] for line in alternative if line.startswith("# --")]
+  assert lines[0] == "--csa_area_norm=fraction" and len(lines) == 2
+  assert lines[1].startswith("--lambda=") and float(lines[1][len("--lambda="):]) == lam
+  uncommented = tmp_path / flagfile
+  uncommented.write_text(text + "\n".join(lines) + "\n")
+  config, _ = _config_from([f"--flagfile={uncommented}", "--model_dir=RUN"], spec=spec,
+                           crop_size=crop_size)
+  literal, _ = _config_from([f"--flagfile={os.path.join(ROOT, 'experiments', flagfile)}",
+                             "--model_dir=RUN"], spec=spec, crop_size=crop_size)
+  assert config.to_json() == dict(literal.to_json(), csa_area_norm="fraction", lam=lam)
+
+
 # ---------------------------------------------------------------------------------------
 # config.json written before the declarations.
 # ---------------------------------------------------------------------------------------
